@@ -1,0 +1,26 @@
+"""metajax: functional meta-learning in JAX."""
+
+from metajax import losses, models, tasks
+from metajax._src.adapt import adapt
+from metajax._src.evaluate import Summary, evaluate, make_evaluator, mean_ci95, summarize
+from metajax._src.maml import maml
+from metajax._src.types import MetaLearner, MetaState, TaskBatch, num_tasks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MetaLearner",
+    "MetaState",
+    "Summary",
+    "TaskBatch",
+    "adapt",
+    "evaluate",
+    "make_evaluator",
+    "maml",
+    "mean_ci95",
+    "num_tasks",
+    "summarize",
+    "losses",
+    "models",
+    "tasks",
+]
