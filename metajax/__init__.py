@@ -3,6 +3,7 @@
 from metajax import losses, models, tasks
 from metajax._src.adapt import adapt
 from metajax._src.evaluate import Summary, evaluate, make_evaluator, mean_ci95, summarize
+from metajax._src.loop import make_multi_step
 from metajax._src.maml import maml
 from metajax._src.types import MetaLearner, MetaState, TaskBatch, num_tasks
 
@@ -16,6 +17,7 @@ __all__ = [
     "adapt",
     "evaluate",
     "make_evaluator",
+    "make_multi_step",
     "maml",
     "mean_ci95",
     "num_tasks",
