@@ -19,8 +19,10 @@ def make_multi_step(
 ) -> Callable[[MetaState, jax.Array], tuple[MetaState, Metrics]]:
     """Fuses ``steps_per_call`` outer steps, each on freshly sampled tasks, into one function.
 
-    Sampling happens inside the compiled program (no host round-trip); the task stream is a
-    pure function of ``key``: step ``i`` of the call uses ``fold_in(key, i)``.
+    Sampling happens inside the compiled program (no host round-trip). The tasks of outer step
+    ``t`` are ``sample(fold_in(key, t))`` with ``t = state.step``, so the task stream depends only
+    on ``key`` and the global step: how steps are grouped into calls (or a resumed run) does not
+    change it.
 
     Args:
         step: a meta-learner's ``step(state, tasks)``.
@@ -46,9 +48,9 @@ def make_multi_step(
         raise ValueError(f"`steps_per_call` must be an int >= 1; got {steps_per_call!r}.")
 
     def multi_step(state: MetaState, key: jax.Array):
-        def body(state, i):
-            return step(state, sample(jax.random.fold_in(key, i)))
+        def body(state, _):
+            return step(state, sample(jax.random.fold_in(key, state.step)))
 
-        return jax.lax.scan(body, state, jax.numpy.arange(steps_per_call))
+        return jax.lax.scan(body, state, None, length=steps_per_call)
 
     return multi_step
