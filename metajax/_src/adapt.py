@@ -102,8 +102,10 @@ def make_inner_step(
     """Builds one differentiable inner update ``((params, opt_state), support) -> same``."""
     loss = with_aux(loss_fn, has_aux=has_aux)
     grad_fn = jax.grad(lambda p, b: loss(p, b)[0])
-    scalar_lr = inner_opt is None and jnp.ndim(lr) == 0 and jax.tree_util.treedef_is_leaf(
-        jax.tree_util.tree_structure(lr))
+    # Check for a leaf before `jnp.ndim`: a per-parameter list/tuple of differently shaped
+    # rates cannot be converted to one array.
+    scalar_lr = inner_opt is None and jax.tree_util.treedef_is_leaf(
+        jax.tree_util.tree_structure(lr)) and jnp.ndim(lr) == 0
 
     def step(carry, support):
         params, opt_state = carry

@@ -1,0 +1,93 @@
+"""PNG plots of a run: learning curves and adapted regression tasks."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curve(records: Sequence[dict], path: str | os.PathLike, *,
+                        metric: str = "loss", log_scale: bool = True) -> None:
+    """Plots training (and validation, where logged) ``metric`` against step, per method.
+
+    Args:
+        records: ``metrics.jsonl`` records with ``step``, ``method`` and metric keys.
+        path: output PNG path.
+        metric: the metric to plot (``val_<metric>`` is plotted too where present).
+        log_scale: log-scale the y axis.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = list(dict.fromkeys(r.get("method", "train") for r in records))
+    for method in methods:
+        rows = [r for r in records if r.get("method", "train") == method]
+        steps = [r["step"] for r in rows if metric in r]
+        ax.plot(steps, [r[metric] for r in rows if metric in r], label=f"{method} train")
+        val = [(r["step"], r[f"val_{metric}"]) for r in rows if f"val_{metric}" in r]
+        if val:
+            ax.plot(*zip(*val), "o-", label=f"{method} validation")
+    ax.set_xlabel("outer step")
+    ax.set_ylabel(f"query {metric}")
+    if log_scale:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_regression_tasks(
+    path: str | os.PathLike,
+    *,
+    x_support: np.ndarray,
+    y_support: np.ndarray,
+    x_grid: np.ndarray,
+    y_true: np.ndarray,
+    predictions: dict[str, np.ndarray],
+) -> None:
+    """One panel per task: true function, support points, and each named prediction curve.
+
+    Args:
+        path: output PNG path.
+        x_support: ``[tasks, k, 1]`` support inputs.
+        y_support: ``[tasks, k, 1]`` support targets.
+        x_grid: ``[n]`` inputs where curves are drawn.
+        y_true: ``[tasks, n]`` true function on the grid.
+        predictions: ``{label: [tasks, n]}`` model predictions on the grid.
+    """
+    plt = _pyplot()
+    n = len(y_true)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        ax.plot(x_grid, y_true[i], "k-", lw=2, label="true")
+        for label, pred in predictions.items():
+            ax.plot(x_grid, pred[i], "--", label=label)
+        ax.plot(x_support[i, :, 0], y_support[i, :, 0], "r^", ms=8, label="support")
+        ax.set_title(f"held-out task {i}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def predict_adapted(apply: Callable, adapt_fn: Callable, params, support, x_grid) -> np.ndarray:
+    """Predictions on ``x_grid`` of ``params`` adapted per task by ``adapt_fn(params, support)``."""
+    import jax
+
+    def one(s):
+        return apply(adapt_fn(params, s), x_grid[:, None])[:, 0]
+
+    return np.asarray(jax.vmap(one)(support))

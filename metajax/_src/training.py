@@ -1,0 +1,146 @@
+"""Meta-training driver: compiled chunks of outer steps, validation, best-parameter selection."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from metajax._src.loop import Sampler, make_multi_step
+from metajax._src.types import MetaState, Metrics, Params, TaskBatch
+
+
+class TrainResult(NamedTuple):
+    """Outcome of :func:`meta_train`.
+
+    Attributes:
+        state: the final state.
+        best_params: parameters with the best validation score (the final ones without
+            validation).
+        best_step: the step at which ``best_params`` were taken.
+        history: the logged records (dicts with ``step`` and metrics), in order.
+    """
+
+    state: MetaState
+    best_params: Params
+    best_step: int
+    history: list[dict]
+
+
+def _boundaries(num_steps: int, *intervals: int | None) -> list[int]:
+    points = {num_steps}
+    for every in intervals:
+        if every:
+            points.update(range(every, num_steps, every))
+    return sorted(points)
+
+
+def meta_train(
+    step: Callable[[MetaState, TaskBatch], tuple[MetaState, Metrics]],
+    state: MetaState,
+    sample: Sampler,
+    *,
+    key: jax.Array,
+    num_steps: int,
+    tasks_per_step: int,
+    steps_per_call: int = 100,
+    log_every: int = 100,
+    validate: Callable[[Params], dict[str, float]] | None = None,
+    val_every: int | None = None,
+    val_metric: str = "loss",
+    higher_is_better: bool = False,
+    on_record: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    desc: str = "meta-train",
+) -> TrainResult:
+    """Runs ``num_steps`` outer steps, validating periodically and keeping the best parameters.
+
+    Outer steps run in compiled chunks of up to ``steps_per_call`` (see
+    :func:`metajax.make_multi_step`), cut at logging and validation points. Tasks for step
+    ``t`` are ``sample(fold_in(key, t))``.
+
+    Args:
+        step: a meta-learner's ``step(state, tasks)``.
+        state: the initial state (``learner.init(params)``).
+        sample: ``sample(key) -> TaskBatch`` (jittable).
+        key: PRNG key of the meta-training task stream.
+        num_steps: number of outer steps to run in total (counting from ``state.step``).
+        tasks_per_step: tasks in one batch (for the tasks/s figure).
+        steps_per_call: outer steps fused into one compiled call.
+        log_every: record the mean training metrics every this many steps.
+        validate: ``validate(params) -> {metric: value}`` on meta-validation tasks.
+        val_every: run ``validate`` every this many steps (and at the end).
+        val_metric: the validation metric that selects ``best_params``.
+        higher_is_better: whether a larger ``val_metric`` is better (accuracy).
+        on_record: called with every record (e.g. to append it to ``metrics.jsonl``).
+        progress: show a progress bar (step, loss, tasks/s, ETA).
+        desc: progress-bar label.
+
+    Raises:
+        FloatingPointError: when the training loss becomes non-finite; names the step.
+    """
+    start = int(state.step)
+    if num_steps < start:
+        raise ValueError(f"`num_steps` ({num_steps}) is smaller than the state's step ({start}).")
+    # Chunks donate their input state; copy it so the caller's arrays stay valid.
+    state = jax.tree.map(jax.numpy.copy, state)
+    compiled: dict[int, Callable] = {}
+    history: list[dict] = []
+    best_params, best_step, best_score = state.params, start, None
+    val_points = set(_boundaries(num_steps, val_every)) if validate is not None else set()
+    points = [p for p in _boundaries(num_steps, log_every, val_every) if p > start]
+    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, unit="step",
+               dynamic_ncols=True)
+    chunk_metrics: list[dict] = []
+    t_log = time.perf_counter()
+    steps_since_log = 0
+    current = start
+    for target in points:
+        while current < target:
+            n = min(steps_per_call, target - current)
+            if n not in compiled:
+                compiled[n] = jax.jit(make_multi_step(step, sample, steps_per_call=n),
+                                      donate_argnums=0)
+            state, metrics = compiled[n](state, key)
+            metrics = jax.device_get(metrics)
+            loss = np.asarray(metrics["loss"])
+            if not np.all(np.isfinite(loss)):
+                bad = current + 1 + int(np.argmin(np.isfinite(loss)))
+                bar.close()
+                raise FloatingPointError(
+                    f"Non-finite meta-training loss at step {bad} (query loss after adaptation = "
+                    f"{loss[~np.isfinite(loss)][0]}). Try a smaller inner learning rate or outer "
+                    "learning rate, or gradient clipping (optax.clip_by_global_norm)."
+                )
+            chunk_metrics.append({k: np.asarray(v).mean() * n for k, v in metrics.items()})
+            current += n
+            steps_since_log += n
+            bar.update(n)
+        elapsed = time.perf_counter() - t_log
+        record: dict[str, Any] = {"step": current}
+        for name in chunk_metrics[0]:
+            record[name] = float(sum(c[name] for c in chunk_metrics) / steps_since_log)
+        record["tasks_per_s"] = steps_since_log * tasks_per_step / max(elapsed, 1e-9)
+        if current in val_points:
+            val = validate(state.params)
+            record.update({f"val_{k}": float(v) for k, v in val.items()})
+            score = float(val[val_metric])
+            better = best_score is None or (score > best_score if higher_is_better
+                                            else score < best_score)
+            if better and math.isfinite(score):
+                best_score, best_step = score, current
+                best_params = jax.tree.map(np.array, jax.device_get(state.params))
+        history.append(record)
+        if on_record is not None:
+            on_record(record)
+        bar.set_postfix(loss=f"{record['loss']:.4g}", tasks_s=f"{record['tasks_per_s']:.3g}",
+                        refresh=False)
+        chunk_metrics, steps_since_log, t_log = [], 0, time.perf_counter()
+    bar.close()
+    if validate is None:
+        best_params, best_step = state.params, current
+    return TrainResult(state=state, best_params=best_params, best_step=best_step, history=history)

@@ -1,0 +1,149 @@
+"""The ``metajax`` command line: ``metajax list`` and ``metajax run EXPERIMENT``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+from metajax._src.config import ConfigError, apply_overrides, describe_fields
+
+ENV_EXPERIMENTS = "METAJAX_EXPERIMENTS"
+
+
+def experiment_dirs() -> list[Path]:
+    """Where experiments are looked up, in order: ``$METAJAX_EXPERIMENTS``, ``./experiments``,
+    and the ``experiments/`` folder of the metajax source checkout."""
+    dirs = []
+    if os.environ.get(ENV_EXPERIMENTS):
+        dirs += [Path(p) for p in os.environ[ENV_EXPERIMENTS].split(os.pathsep) if p]
+    dirs.append(Path.cwd() / "experiments")
+    dirs.append(Path(__file__).resolve().parent.parent / "experiments")
+    seen, unique = set(), []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in seen:
+            seen.add(d.resolve())
+            unique.append(d)
+    return unique
+
+
+def available_experiments() -> dict[str, Path]:
+    """``{name: path}`` of every experiment module found (first directory wins)."""
+    found: dict[str, Path] = {}
+    for d in experiment_dirs():
+        for path in sorted(d.glob("*.py")):
+            if not path.name.startswith("_"):
+                found.setdefault(path.stem, path)
+    return found
+
+
+def load_experiment(name: str) -> ModuleType:
+    """Imports an experiment by name (from :func:`experiment_dirs`) or by path to a ``.py`` file.
+
+    The module must define a frozen dataclass ``Config`` and ``main(config, out_dir)``.
+    """
+    path = Path(name)
+    if not (path.suffix == ".py" and path.is_file()):
+        known = available_experiments()
+        if name not in known:
+            raise SystemExit(f"Unknown experiment {name!r}. Available: "
+                             f"{', '.join(sorted(known)) or '(none found)'}; or give a path to "
+                             f"a .py file. Searched: {', '.join(map(str, experiment_dirs()))}.")
+        path = known[name]
+    module_name = f"metajax_experiment_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses resolve annotations through sys.modules
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    if not (dataclasses.is_dataclass(getattr(module, "Config", None)) and
+            callable(getattr(module, "main", None))):
+        raise SystemExit(f"{path} is not a metajax experiment: it needs a dataclass `Config` "
+                         "and a function `main(config, out_dir)`.")
+    return module
+
+
+def _cmd_list(args) -> int:
+    for name, path in sorted(available_experiments().items()):
+        module = load_experiment(str(path))
+        doc = (module.__doc__ or "").strip().splitlines()
+        print(f"{name:24s} {doc[0] if doc else ''}")
+        if args.verbose:
+            print(describe_fields(module.Config))
+    return 0
+
+
+def _cmd_run(args) -> int:
+    module = load_experiment(args.experiment)
+    try:
+        config = apply_overrides(module.Config(), args.set or [])
+    except ConfigError as err:
+        print(f"metajax run {args.experiment}: {err}", file=sys.stderr)
+        return 2
+    name = Path(args.experiment).stem
+    out = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    from metajax._src.run_io import write_json_atomic
+
+    write_json_atomic(out / "config.json", {"experiment": name, "config": config})
+    print(f"metajax run {name} -> {out}", file=sys.stderr)
+    summary = module.main(config, out, progress=not args.no_progress)
+    if isinstance(summary, dict) and "results" in summary:
+        from metajax._src.comparison import format_table
+
+        print(f"\nHeld-out query {summary.get('metric', 'loss')} (mean ± 95% CI over "
+              f"{summary.get('num_test_tasks', '?')} tasks):")
+        print(format_table(summary))
+    elif summary is not None:
+        print(json.dumps(summary, indent=2, default=str))
+    print(f"\nOutputs in {out}", file=sys.stderr)
+    return 0
+
+
+def _enable_compilation_cache() -> None:
+    import jax
+
+    cache = os.environ.get("METAJAX_COMPILATION_CACHE",
+                           str(Path.home() / ".cache" / "metajax" / "jax"))
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``metajax`` argument parser."""
+    parser = argparse.ArgumentParser(prog="metajax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_list = sub.add_parser("list", help="list the available experiments")
+    p_list.add_argument("-v", "--verbose", action="store_true", help="show config fields")
+    p_list.set_defaults(func=_cmd_list)
+    p_run = sub.add_parser("run", help="run an experiment")
+    p_run.add_argument("experiment", help="experiment name (see `metajax list`) or a .py path")
+    p_run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config field; repeatable")
+    p_run.add_argument("--out", help="output directory (default: runs/NAME-TIMESTAMP)")
+    p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p_run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``metajax`` command."""
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        _enable_compilation_cache()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Building blocks of experiments: training driver, baselines, comparison, run outputs, plots."""
+
+from metajax._src import plots
+from metajax._src.baselines import pretrain, select_lr
+from metajax._src.comparison import ComparisonResult, compare_with_baselines, format_table
+from metajax._src.run_io import RunWriter, read_records, write_json_atomic
+from metajax._src.training import TrainResult, meta_train
+
+__all__ = [
+    "ComparisonResult",
+    "RunWriter",
+    "TrainResult",
+    "compare_with_baselines",
+    "format_table",
+    "meta_train",
+    "plots",
+    "pretrain",
+    "read_records",
+    "select_lr",
+    "write_json_atomic",
+]
