@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -78,9 +78,10 @@ def select_lr(
     if not lrs:
         raise ValueError("`lrs` must list at least one candidate learning rate.")
     scores: dict[float, float] = {}
+    evaluate = jax.jit(lambda p, t, lr: make_evaluator(  # lr traced: one compile for all
+        loss_fn, steps=(steps,), lr=lr, has_aux=has_aux)(p, t))
     for lr in lrs:
-        evaluator = make_evaluator(loss_fn, steps=(steps,), lr=float(lr), has_aux=has_aux)
-        value = float(np.mean(jax.jit(evaluator)(params, tasks)[metric]))
+        value = float(np.mean(evaluate(params, tasks, jnp.float32(lr))[metric]))
         scores[float(lr)] = value if np.isfinite(value) else (-np.inf if higher_is_better
                                                               else np.inf)
     pick = max if higher_is_better else min

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -139,10 +141,11 @@ def compare_with_baselines(
             has_aux=has_aux, metric=metric, higher_is_better=higher_is_better)
 
     results, all_metrics = {}, {}
+    test_eval = jax.jit(lambda p, t, lr: make_evaluator(  # lr traced: compiled once
+        loss_fn, steps=report_steps, lr=lr, has_aux=has_aux, chunk_size=chunk_size)(p, t))
     for method, p in params.items():
-        evaluator = jax.jit(make_evaluator(loss_fn, steps=report_steps, lr=lrs[method],
-                                           has_aux=has_aux, chunk_size=chunk_size))
-        out = jax.device_get(evaluator(p, test_tasks))
+        lr = jax.tree.map(jnp.asarray, lrs[method])
+        out = jax.device_get(test_eval(p, test_tasks, lr))
         per_step = {s: {k: np.asarray(v[i]) for k, v in out.items()}
                     for i, s in enumerate(report_steps)}
         all_metrics[method] = summarize(per_step)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -36,7 +36,7 @@ def plot_learning_curve(records: Sequence[dict], path: str | os.PathLike, *,
         ax.plot(steps, [r[metric] for r in rows if metric in r], label=f"{method} train")
         val = [(r["step"], r[f"val_{metric}"]) for r in rows if f"val_{metric}" in r]
         if val:
-            ax.plot(*zip(*val), "o-", label=f"{method} validation")
+            ax.plot([v[0] for v in val], [v[1] for v in val], "o-", label=f"{method} validation")
     ax.set_xlabel("outer step")
     ax.set_ylabel(f"query {metric}")
     if log_scale:

@@ -1,4 +1,4 @@
-"""Run outputs: config.json, metrics.jsonl, summary.json, written so nothing half-written remains."""
+"""Run outputs: config.json, metrics.jsonl and summary.json, never left half-written."""
 
 from __future__ import annotations
 
