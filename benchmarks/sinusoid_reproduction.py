@@ -54,7 +54,8 @@ def table(summaries: dict[int, dict], walls: dict[int, float | None]) -> str:
             lines.append(f"| {method} | ours, mean of {len(summaries)} seeds | "
                          + " | ".join(cells) + " |")
     any_summary = next(iter(summaries.values()))
-    lrs = ", ".join(f"{m}: {lr}" for m, lr in any_summary["adapt_lr"].items())
+    lrs = "; ".join(f"seed {seed}: " + ", ".join(f"{m} {lr}" for m, lr in sm["adapt_lr"].items())
+                    for seed, sm in summaries.items())
     wall = ", ".join(f"seed {s}: {w:.0f} s" for s, w in walls.items() if w)
     return "\n".join([
         "# MAML sinusoid reproduction (Finn et al., 2017, App. C, Table 2)",

@@ -33,3 +33,30 @@ class MLP(nn.Module):
             if i < len(self.features) - 1:
                 x = self.activation(x)
         return x
+
+
+def nnx_apply(graphdef, *state) -> Callable:
+    """Turns a split Flax NNX module into a pure ``apply(params, x)`` for metajax.
+
+    Each call rebuilds the module from ``graphdef``, the (differentiated) ``params`` and the
+    fixed ``state`` with ``nnx.merge(..., copy=True)``, so layers that write to their
+    variables (``nnx.BatchNorm(use_running_average=False)`` used transductively) mutate a fresh
+    copy inside the trace rather than the caller's module; the writes are discarded.
+
+    Args:
+        graphdef: from ``graphdef, params, *state = nnx.split(module, nnx.Param, ...)``.
+        *state: the non-parameter states of the split (batch statistics, RNG counts).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> graphdef, params, rest = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Param, ...)
+        >>> nnx_apply(graphdef, rest)(params, jnp.ones((4, 2))).shape
+        (4, 3)
+    """
+    from flax import nnx
+
+    def apply(params, x):
+        return nnx.merge(graphdef, params, *state, copy=True)(x)
+
+    return apply
