@@ -81,7 +81,8 @@ def compare_with_baselines(
         seed: seeds the initialisation, the scratch baseline and the training stream.
         num_steps: outer steps of meta-training.
         tasks_per_step: tasks in one meta-batch.
-        inner_lr: the meta-learner's inner step size (scalar or pytree).
+        inner_lr: the meta-learner's inner step size (scalar or pytree); ignored when
+            ``learner.adapt_setup`` is defined.
         eval_steps: numbers of adaptation steps reported.
         val_adapt_steps: adaptation steps used for the validation metric during training.
         pretrain_steps: steps of joint pre-training (default: ``num_steps``).
@@ -106,11 +107,13 @@ def compare_with_baselines(
     eval_steps = tuple(sorted(set(eval_steps)))
     report_steps = (0, *[s for s in eval_steps if s > 0])
 
-    val_eval = jax.jit(make_evaluator(loss_fn, steps=(val_adapt_steps,), lr=inner_lr,
-                                      has_aux=has_aux, chunk_size=chunk_size))
+    val_eval = jax.jit(lambda p, t, lr: make_evaluator(
+        loss_fn, steps=(val_adapt_steps,), lr=lr, has_aux=has_aux, chunk_size=chunk_size)(p, t))
 
-    def validate(params):
-        out = jax.device_get(val_eval(params, val_tasks))
+    def validate(meta_params):
+        params, lr = (meta_params, inner_lr) if learner.adapt_setup is None else \
+            learner.adapt_setup(meta_params)
+        out = jax.device_get(val_eval(params, val_tasks, lr))
         return {k: float(np.mean(v)) for k, v in out.items()}
 
     def log(method):
@@ -132,8 +135,11 @@ def compare_with_baselines(
                      steps_per_call=steps_per_call, log_every=log_every,
                      on_record=log("pretrained"), progress=progress, desc="pretrained")
 
-    params = {name: train.best_params, "pretrained": pre.state.params, "scratch": scratch_params}
-    lrs = {name: inner_lr}
+    learned, learned_lr = train.best_params, inner_lr
+    if learner.adapt_setup is not None:
+        learned, learned_lr = learner.adapt_setup(train.best_params)
+    params = {name: learned, "pretrained": pre.state.params, "scratch": scratch_params}
+    lrs = {name: learned_lr}
     lr_scores = {}
     for method in ("pretrained", "scratch"):
         lrs[method], lr_scores[method] = select_lr(

@@ -52,10 +52,16 @@ class MetaLearner(NamedTuple):
         init: ``init(params) -> state``; ``state.params`` holds the meta-parameters.
         step: ``step(state, tasks) -> (state, metrics)``; one outer update on a ``TaskBatch``.
             Pure and jit-compatible.
+        adapt_setup: optional ``adapt_setup(meta_params) -> (params, lr)``: where test-time SGD
+            adaptation starts and with which step size (scalar or per-parameter pytree). Methods
+            whose meta-parameters hold more than an initialisation (Meta-SGD's learned rates,
+            ANIL's frozen body as zero rates) define it; ``None`` means the meta-parameters are
+            the initialisation and the method's configured inner step size applies.
     """
 
     init: Callable[[Params], MetaState]
     step: Callable[[MetaState, TaskBatch], tuple[MetaState, Metrics]]
+    adapt_setup: Callable[[Params], tuple[Params, Any]] | None = None
 
 
 def _describe_path(path: tuple) -> str:
