@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from metajax._src.config import ConfigError, apply_overrides, describe_fields
+from metajax._src.config import ConfigError, apply_overrides, config_from_dict, describe_fields
 
 ENV_EXPERIMENTS = "METAJAX_EXPERIMENTS"
 
@@ -82,22 +82,59 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _prepare_run_dir(args, module, name: str):
+    """Returns ``(config, out_dir)`` for a new run or for ``--resume DIR``."""
+    from metajax._src.run_io import write_json_atomic
+
+    if args.resume:
+        out = Path(args.resume)
+        stored_path = out / "config.json"
+        if not stored_path.exists():
+            raise SystemExit(f"--resume {out}: no config.json there; is it a metajax run "
+                             "directory?")
+        if args.set or args.out:
+            raise SystemExit("--resume continues a run with its own config.json: --set and "
+                             "--out cannot be combined with it.")
+        stored = json.loads(stored_path.read_text())
+        if stored.get("experiment") != name:
+            raise SystemExit(f"--resume {out}: that run is experiment "
+                             f"{stored.get('experiment')!r}, not {name!r}.")
+        return config_from_dict(module.Config, stored["config"]), out
+    config = apply_overrides(module.Config(), args.set or [])
+    out = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (out / "checkpoints").exists():
+        raise SystemExit(f"{out} already holds a run with checkpoints: continue it with "
+                         f"`metajax run {name} --resume {out}`, or choose another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    write_json_atomic(out / "config.json", {"experiment": name, "config": config})
+    return config, out
+
+
 def _cmd_run(args) -> int:
+    from metajax._src.checkpoint import CheckpointError
+    from metajax._src.training import Interrupted
+
     module = load_experiment(args.experiment)
+    name = Path(args.experiment).stem
     try:
-        config = apply_overrides(module.Config(), args.set or [])
+        config, out = _prepare_run_dir(args, module, name)
     except ConfigError as err:
         print(f"metajax run {args.experiment}: {err}", file=sys.stderr)
         return 2
-    name = Path(args.experiment).stem
-    out = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    from metajax._src.run_io import write_json_atomic
-
-    write_json_atomic(out / "config.json", {"experiment": name, "config": config})
-    print(f"metajax run {name} -> {out}", file=sys.stderr)
-    summary = module.main(config, out, progress=not args.no_progress)
+    print(f"metajax run {name} -> {out}" + (" (resuming)" if args.resume else ""),
+          file=sys.stderr)
+    try:
+        summary = module.main(config, out, progress=not args.no_progress)
+    except Interrupted as err:
+        print(f"\n{err} Continue with: metajax run {name} --resume {out}", file=sys.stderr)
+        return 130
+    except FloatingPointError as err:
+        print(f"metajax run {name}: {err}", file=sys.stderr)
+        return 1
+    except CheckpointError as err:
+        print(f"metajax run {name}: {err}", file=sys.stderr)
+        return 2
     if isinstance(summary, dict) and "results" in summary:
         from metajax._src.comparison import format_table
 
@@ -132,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config field; repeatable")
     p_run.add_argument("--out", help="output directory (default: runs/NAME-TIMESTAMP)")
+    p_run.add_argument("--resume", metavar="DIR",
+                       help="continue the run in DIR from its newest checkpoint")
     p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p_run.set_defaults(func=_cmd_run)
     return parser

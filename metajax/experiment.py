@@ -2,12 +2,16 @@
 
 from metajax._src import plots
 from metajax._src.baselines import pretrain, select_lr
+from metajax._src.checkpoint import Checkpointer, CheckpointError
 from metajax._src.comparison import ComparisonResult, compare_with_baselines, format_table
 from metajax._src.run_io import RunWriter, read_records, write_json_atomic
-from metajax._src.training import TrainResult, meta_train
+from metajax._src.training import Interrupted, TrainResult, meta_train
 
 __all__ = [
+    "CheckpointError",
+    "Checkpointer",
     "ComparisonResult",
+    "Interrupted",
     "RunWriter",
     "TrainResult",
     "compare_with_baselines",

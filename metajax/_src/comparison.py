@@ -60,6 +60,7 @@ def compare_with_baselines(
     val_every: int | None = None,
     chunk_size: int | None = None,
     writer: RunWriter | None = None,
+    checkpoint_every: int | None = None,
     progress: bool = True,
 ) -> ComparisonResult:
     """Meta-trains ``learner`` and evaluates it against scratch and pre-train + fine-tune.
@@ -95,7 +96,10 @@ def compare_with_baselines(
         log_every: training-metric logging interval (steps).
         val_every: validation interval (steps); default ``num_steps // 10``.
         chunk_size: evaluate tasks in chunks of this size (memory bound).
-        writer: where ``metrics.jsonl`` and ``summary.json`` go (optional).
+        writer: where ``metrics.jsonl``, ``summary.json`` and checkpoints go (optional). With
+            a writer, each training phase checkpoints into ``checkpoints/<method>/`` and
+            resumes from there when the run is restarted (``metajax run --resume``).
+        checkpoint_every: checkpoint interval in steps (default: ``val_every``).
         progress: show progress bars.
     """
     t0 = time.perf_counter()
@@ -122,18 +126,28 @@ def compare_with_baselines(
                 writer.log({"method": method, **record})
         return on_record
 
+    def phase(method):
+        """Checkpointing options of one training phase; drops records past its checkpoint."""
+        if writer is None:
+            return {"on_record": log(method)}
+        checkpointer = writer.checkpointer(method)
+        steps = checkpointer.steps()
+        writer.drop_records_after(method, steps[-1] if steps else 0)
+        return {"on_record": log(method), "checkpointer": checkpointer,
+                "checkpoint_every": checkpoint_every}
+
     train = meta_train(learner.step, learner.init(init_params), sample_train, key=train_key,
                        num_steps=num_steps, tasks_per_step=tasks_per_step,
                        steps_per_call=steps_per_call, log_every=log_every, validate=validate,
                        val_every=val_every, val_metric=metric, higher_is_better=higher_is_better,
-                       on_record=log(name), progress=progress, desc=name)
+                       progress=progress, desc=name, **phase(name))
     t_meta = time.perf_counter() - t0
 
     joint = pretrain(loss_fn, optax.adam(pretrain_lr), has_aux=has_aux)
     pre = meta_train(joint.step, joint.init(init_params), sample_train, key=train_key,
                      num_steps=pretrain_steps or num_steps, tasks_per_step=tasks_per_step,
-                     steps_per_call=steps_per_call, log_every=log_every,
-                     on_record=log("pretrained"), progress=progress, desc="pretrained")
+                     steps_per_call=steps_per_call, log_every=log_every, progress=progress,
+                     desc="pretrained", **phase("pretrained"))
 
     learned, learned_lr = train.best_params, inner_lr
     if learner.adapt_setup is not None:

@@ -96,3 +96,18 @@ def apply_overrides(config: Any, overrides: Sequence[str]) -> Any:
                 f"Config key {key!r} expects {_type_name(types[key])}; got {text!r} ({err}).\n"
                 f"Valid keys:\n{describe_fields(type(config))}") from None
     return dataclasses.replace(config, **changes)
+
+
+def config_from_dict(config_cls: type, values: dict) -> Any:
+    """Rebuilds a config from its JSON form (lists become tuples), checking every key.
+
+    Raises:
+        ConfigError: for keys the config does not have.
+    """
+    types = field_types(config_cls)
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise ConfigError(f"Stored config has keys {unknown} that {config_cls.__name__} does not "
+                          f"have.\nValid keys:\n{describe_fields(config_cls)}")
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return config_cls(**converted)

@@ -65,6 +65,27 @@ class RunWriter:
             f.write(json.dumps(_jsonable(record)) + "\n")
             f.flush()
 
+    def drop_records_after(self, method: str, step: int) -> None:
+        """Removes ``method``'s records past ``step`` from ``metrics.jsonl`` (on resume, the
+        steps after the last checkpoint are trained and logged again)."""
+        path = self.out_dir / "metrics.jsonl"
+        records = read_records(path)
+        kept = [r for r in records if not (r.get("method") == method and r["step"] > step)]
+        if len(kept) != len(records):
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, path)
+
+    def checkpointer(self, phase: str, *, keep: int = 3):
+        """A :class:`~metajax._src.checkpoint.Checkpointer` in ``checkpoints/<phase>``, keyed to
+        this run's ``config.json`` (so another config cannot resume it)."""
+        from metajax._src.checkpoint import Checkpointer, fingerprint
+
+        config = self.out_dir / "config.json"
+        text = config.read_text() if config.exists() else ""
+        return Checkpointer(self.out_dir / "checkpoints" / phase,
+                            config_fingerprint=fingerprint(text), keep=keep)
+
     def path(self, name: str) -> Path:
         """The path of ``name`` inside the run directory."""
         return self.out_dir / name

@@ -1,8 +1,12 @@
-"""Meta-training driver: compiled chunks of outer steps, validation, best-parameter selection."""
+"""Meta-training driver: compiled chunks of outer steps, validation, best-parameter selection,
+checkpoints and resumption."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -11,6 +15,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from metajax._src.checkpoint import Checkpointer, CheckpointError
 from metajax._src.loop import Sampler, make_multi_step
 from metajax._src.types import MetaState, Metrics, Params, TaskBatch
 
@@ -32,12 +37,36 @@ class TrainResult(NamedTuple):
     history: list[dict]
 
 
+class Interrupted(KeyboardInterrupt):
+    """Raised by :func:`meta_train` after Ctrl-C, once the state has been checkpointed."""
+
+
 def _boundaries(num_steps: int, *intervals: int | None) -> list[int]:
     points = {num_steps}
     for every in intervals:
         if every:
             points.update(range(every, num_steps, every))
     return sorted(points)
+
+
+@contextlib.contextmanager
+def _deferred_sigint():
+    """Turns Ctrl-C into a flag checked between compiled chunks (main thread only)."""
+    flag = {"set": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["set"]:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        flag["set"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def meta_train(
@@ -55,21 +84,30 @@ def meta_train(
     val_metric: str = "loss",
     higher_is_better: bool = False,
     on_record: Callable[[dict], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+    checkpoint_every: int | None = None,
     progress: bool = True,
     desc: str = "meta-train",
 ) -> TrainResult:
-    """Runs ``num_steps`` outer steps, validating periodically and keeping the best parameters.
+    """Runs outer steps up to ``num_steps``, validating and keeping the best parameters.
 
     Outer steps run in compiled chunks of up to ``steps_per_call`` (see
-    :func:`metajax.make_multi_step`), cut at logging and validation points. Tasks for step
-    ``t`` are ``sample(fold_in(key, t))``.
+    :func:`metajax.make_multi_step`), cut at logging, validation and checkpoint points, which
+    are multiples of their intervals counted from step 0. Tasks for step ``t`` are
+    ``sample(fold_in(key, t))``, so the run is a pure function of its inputs: a run resumed
+    from a checkpoint ends bit-identical to an uninterrupted one.
+
+    With a ``checkpointer``, the full state (meta-parameters, optimizer state, step, PRNG key,
+    best parameters, history) is saved every ``checkpoint_every`` steps, at the end and on
+    Ctrl-C, and training resumes from the newest checkpoint if there is one. The task sampler
+    is stateless (keyed by step), so it needs no checkpointed state.
 
     Args:
         step: a meta-learner's ``step(state, tasks)``.
-        state: the initial state (``learner.init(params)``).
+        state: the initial state (``learner.init(params)``); also the restore template.
         sample: ``sample(key) -> TaskBatch`` (jittable).
         key: PRNG key of the meta-training task stream.
-        num_steps: number of outer steps to run in total (counting from ``state.step``).
+        num_steps: the outer step to train up to.
         tasks_per_step: tasks in one batch (for the tasks/s figure).
         steps_per_call: outer steps fused into one compiled call.
         log_every: record the mean training metrics every this many steps.
@@ -78,69 +116,105 @@ def meta_train(
         val_metric: the validation metric that selects ``best_params``.
         higher_is_better: whether a larger ``val_metric`` is better (accuracy).
         on_record: called with every record (e.g. to append it to ``metrics.jsonl``).
+        checkpointer: where to save and resume from (optional).
+        checkpoint_every: checkpoint interval in steps (default ``val_every`` or ``log_every``).
         progress: show a progress bar (step, loss, tasks/s, ETA).
         desc: progress-bar label.
 
     Raises:
-        FloatingPointError: when the training loss becomes non-finite; names the step.
+        FloatingPointError: when the training loss becomes non-finite (non-finite gradients
+            show up as a non-finite loss one step later); names the step. The last checkpoint
+            written is the last good one.
+        Interrupted: after Ctrl-C, once a checkpoint of the current step has been written.
     """
+    # Chunks donate their input state; copy it so the caller's arrays stay valid.
+    state = jax.tree.map(jax.numpy.copy, state)
+    # A host copy: the device buffers of `state` are donated to the first chunk.
+    best_params = jax.tree.map(np.array, jax.device_get(state.params))
+    best_score, best_step, history = None, int(state.step), []
+    if checkpointer is not None:
+        template = {"state": state, "best_params": state.params, "key": key}
+        found = checkpointer.restore_latest(template)
+        if found is not None:
+            _, tree, meta = found
+            if not np.array_equal(np.asarray(tree["key"]), np.asarray(key)):
+                raise CheckpointError("The checkpoint's task-stream key differs from this run's "
+                                      "(another seed?); refusing to mix two runs.")
+            state = jax.tree.map(jax.numpy.asarray, tree["state"])
+            best_params, history = tree["best_params"], list(meta["history"])
+            best_score, best_step = meta["best_score"], int(meta["best_step"])
     start = int(state.step)
     if num_steps < start:
         raise ValueError(f"`num_steps` ({num_steps}) is smaller than the state's step ({start}).")
-    # Chunks donate their input state; copy it so the caller's arrays stay valid.
-    state = jax.tree.map(jax.numpy.copy, state)
-    compiled: dict[int, Callable] = {}
-    history: list[dict] = []
-    best_params, best_step, best_score = state.params, start, None
+    checkpoint_every = checkpoint_every or val_every or log_every
     val_points = set(_boundaries(num_steps, val_every)) if validate is not None else set()
-    points = [p for p in _boundaries(num_steps, log_every, val_every) if p > start]
+    ckpt_points = set(_boundaries(num_steps, checkpoint_every)) if checkpointer else set()
+    points = [p for p in _boundaries(num_steps, log_every, val_every, checkpoint_every)
+              if p > start]
+    log_points = set(_boundaries(num_steps, log_every)) | val_points
+
+    def save(current):
+        checkpointer.save(current, {"state": state, "best_params": best_params, "key": key},
+                          {"best_score": best_score, "best_step": best_step,
+                           "history": history})
+
+    compiled: dict[int, Callable] = {}
     bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, unit="step",
                dynamic_ncols=True)
     chunk_metrics: list[dict] = []
-    t_log = time.perf_counter()
-    steps_since_log = 0
-    current = start
-    for target in points:
-        while current < target:
-            n = min(steps_per_call, target - current)
-            if n not in compiled:
-                compiled[n] = jax.jit(make_multi_step(step, sample, steps_per_call=n),
-                                      donate_argnums=0)
-            state, metrics = compiled[n](state, key)
-            metrics = jax.device_get(metrics)
-            loss = np.asarray(metrics["loss"])
-            if not np.all(np.isfinite(loss)):
-                bad = current + 1 + int(np.argmin(np.isfinite(loss)))
+    t_log, steps_since_log, current = time.perf_counter(), 0, start
+    with _deferred_sigint() as interrupt:
+        for target in points:
+            while current < target:
+                n = min(steps_per_call, target - current)
+                if n not in compiled:
+                    compiled[n] = jax.jit(make_multi_step(step, sample, steps_per_call=n),
+                                          donate_argnums=0)
+                new_state, metrics = compiled[n](state, key)
+                metrics = jax.device_get(metrics)
+                loss = np.asarray(metrics["loss"])
+                if not np.all(np.isfinite(loss)):
+                    bad = current + 1 + int(np.argmin(np.isfinite(loss)))
+                    bar.close()
+                    raise FloatingPointError(
+                        f"Non-finite meta-training loss at step {bad} (query loss after "
+                        f"adaptation = {loss[~np.isfinite(loss)][0]}); the last good checkpoint "
+                        f"is kept. Try a smaller inner learning rate or outer learning rate, or "
+                        "gradient clipping (optax.clip_by_global_norm).")
+                state = new_state
+                chunk_metrics.append({k: np.asarray(v).mean() * n for k, v in metrics.items()})
+                current += n
+                steps_since_log += n
+                bar.update(n)
+                if interrupt["set"]:
+                    break
+            if current in log_points and steps_since_log:
+                elapsed = time.perf_counter() - t_log
+                record: dict[str, Any] = {"step": current}
+                for name in chunk_metrics[0]:
+                    record[name] = float(sum(c[name] for c in chunk_metrics) / steps_since_log)
+                record["tasks_per_s"] = steps_since_log * tasks_per_step / max(elapsed, 1e-9)
+                if current in val_points:
+                    val = validate(state.params)
+                    record.update({f"val_{k}": float(v) for k, v in val.items()})
+                    score = float(val[val_metric])
+                    better = best_score is None or (score > best_score if higher_is_better
+                                                    else score < best_score)
+                    if better and math.isfinite(score):
+                        best_score, best_step = score, current
+                        best_params = jax.tree.map(np.array, jax.device_get(state.params))
+                history.append(record)
+                if on_record is not None:
+                    on_record(record)
+                bar.set_postfix(loss=f"{record['loss']:.4g}",
+                                tasks_s=f"{record['tasks_per_s']:.3g}", refresh=False)
+                chunk_metrics, steps_since_log, t_log = [], 0, time.perf_counter()
+            if checkpointer is not None and (current in ckpt_points or interrupt["set"]):
+                save(current)
+            if interrupt["set"]:
                 bar.close()
-                raise FloatingPointError(
-                    f"Non-finite meta-training loss at step {bad} (query loss after adaptation = "
-                    f"{loss[~np.isfinite(loss)][0]}). Try a smaller inner learning rate or outer "
-                    "learning rate, or gradient clipping (optax.clip_by_global_norm)."
-                )
-            chunk_metrics.append({k: np.asarray(v).mean() * n for k, v in metrics.items()})
-            current += n
-            steps_since_log += n
-            bar.update(n)
-        elapsed = time.perf_counter() - t_log
-        record: dict[str, Any] = {"step": current}
-        for name in chunk_metrics[0]:
-            record[name] = float(sum(c[name] for c in chunk_metrics) / steps_since_log)
-        record["tasks_per_s"] = steps_since_log * tasks_per_step / max(elapsed, 1e-9)
-        if current in val_points:
-            val = validate(state.params)
-            record.update({f"val_{k}": float(v) for k, v in val.items()})
-            score = float(val[val_metric])
-            better = best_score is None or (score > best_score if higher_is_better
-                                            else score < best_score)
-            if better and math.isfinite(score):
-                best_score, best_step = score, current
-                best_params = jax.tree.map(np.array, jax.device_get(state.params))
-        history.append(record)
-        if on_record is not None:
-            on_record(record)
-        bar.set_postfix(loss=f"{record['loss']:.4g}", tasks_s=f"{record['tasks_per_s']:.3g}",
-                        refresh=False)
-        chunk_metrics, steps_since_log, t_log = [], 0, time.perf_counter()
+                where = f"; checkpoint saved at step {current}" if checkpointer else ""
+                raise Interrupted(f"Interrupted at step {current}{where}.")
     bar.close()
     if validate is None:
         best_params, best_step = state.params, current

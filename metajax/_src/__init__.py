@@ -1,0 +1,1 @@
+"""Implementation of metajax; the public names are re-exported by `metajax`."""
