@@ -8,11 +8,16 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import optax
 
 import metajax
 from metajax import losses, tasks
-from metajax.experiment import RunWriter, compare_with_baselines, plots, read_records
+from metajax.experiment import (
+    RunWriter,
+    adam_with_clipping,
+    compare_with_baselines,
+    plots,
+    read_records,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +38,7 @@ class Config:
     inner_lr: float = 0.1
     outer_lr: float = 1e-2
     first_order: bool = False
+    clip_grad_norm: float = 0.0  # clip the meta-gradient's global norm; 0 = off
     eval_steps: tuple[int, ...] = (1, 5, 10)
     test_tasks: int = 1000
     val_tasks: int = 300
@@ -57,7 +63,8 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
                                w_std=config.w_std, noise_std=config.noise_std,
                                x_range=(-config.x_max, config.x_max))
     writer = RunWriter(out_dir) if out_dir is not None else None
-    learner = metajax.maml(loss_fn, optax.adam(config.outer_lr), inner_steps=config.inner_steps,
+    outer_opt = adam_with_clipping(config.outer_lr, clip_grad_norm=config.clip_grad_norm)
+    learner = metajax.maml(loss_fn, outer_opt, inner_steps=config.inner_steps,
                            inner_lr=config.inner_lr, first_order=config.first_order)
     result = compare_with_baselines(
         learner=learner, name="maml", loss_fn=loss_fn, init_fn=init_fn,

@@ -9,11 +9,16 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import metajax
 from metajax import losses, models, tasks
-from metajax.experiment import RunWriter, compare_with_baselines, plots, read_records
+from metajax.experiment import (
+    RunWriter,
+    adam_with_clipping,
+    compare_with_baselines,
+    plots,
+    read_records,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +34,7 @@ class Config:
     inner_lr: float = 0.01
     outer_lr: float = 1e-3
     first_order: bool = False
+    clip_grad_norm: float = 0.0  # clip the meta-gradient's global norm; 0 = off
     hidden: tuple[int, ...] = (40, 40)
     eval_k_shot: int = 5
     eval_n_query: int = 100
@@ -54,7 +60,8 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     test, test_params = eval_tasks(tasks.split_key(config.seed, "test"), config.test_tasks,
                                    return_params=True)
     writer = RunWriter(out_dir) if out_dir is not None else None
-    learner = metajax.maml(loss_fn, optax.adam(config.outer_lr), inner_steps=config.inner_steps,
+    outer_opt = adam_with_clipping(config.outer_lr, clip_grad_norm=config.clip_grad_norm)
+    learner = metajax.maml(loss_fn, outer_opt, inner_steps=config.inner_steps,
                            inner_lr=config.inner_lr, first_order=config.first_order)
     result = compare_with_baselines(
         learner=learner, name="maml", loss_fn=loss_fn, init_fn=init_fn,

@@ -5,6 +5,7 @@ from metajax._src.adapt import adapt
 from metajax._src.evaluate import Summary, evaluate, make_evaluator, mean_ci95, summarize
 from metajax._src.loop import make_multi_step
 from metajax._src.maml import maml
+from metajax._src.sharding import replicate, shard_tasks, task_mesh
 from metajax._src.types import MetaLearner, MetaState, TaskBatch, num_tasks
 
 __version__ = "0.1.0"
@@ -22,6 +23,9 @@ __all__ = [
     "mean_ci95",
     "num_tasks",
     "summarize",
+    "replicate",
+    "shard_tasks",
+    "task_mesh",
     "losses",
     "models",
     "tasks",

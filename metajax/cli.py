@@ -147,6 +147,20 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from metajax._src.report import report
+
+    try:
+        table = report(args.runs, plot_path=None if args.no_plot else args.plot)
+    except FileNotFoundError as err:
+        print(f"metajax report: {err}", file=sys.stderr)
+        return 2
+    print(table)
+    if not args.no_plot:
+        print(f"\nLearning curves: {args.plot}", file=sys.stderr)
+    return 0
+
+
 def _enable_compilation_cache() -> None:
     import jax
 
@@ -173,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run in DIR from its newest checkpoint")
     p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p_run.set_defaults(func=_cmd_run)
+    p_report = sub.add_parser("report", help="compare finished runs: one table, one plot")
+    p_report.add_argument("runs", nargs="+", metavar="DIR", help="run directories")
+    p_report.add_argument("--plot", default="report.png", help="learning-curve PNG to write")
+    p_report.add_argument("--no-plot", action="store_true", help="print the table only")
+    p_report.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -1,7 +1,7 @@
 """Building blocks of experiments: training driver, baselines, comparison, run outputs, plots."""
 
 from metajax._src import plots
-from metajax._src.baselines import pretrain, select_lr
+from metajax._src.baselines import adam_with_clipping, pretrain, select_lr
 from metajax._src.checkpoint import Checkpointer, CheckpointError
 from metajax._src.comparison import ComparisonResult, compare_with_baselines, format_table
 from metajax._src.run_io import RunWriter, read_records, write_json_atomic
@@ -14,6 +14,7 @@ __all__ = [
     "Interrupted",
     "RunWriter",
     "TrainResult",
+    "adam_with_clipping",
     "compare_with_baselines",
     "format_table",
     "meta_train",

@@ -87,3 +87,17 @@ def select_lr(
     pick = max if higher_is_better else min
     return pick(scores, key=scores.get), scores
 
+
+
+def adam_with_clipping(learning_rate: float, *, clip_grad_norm: float = 0.0
+                       ) -> optax.GradientTransformation:
+    """Adam, optionally after clipping the meta-gradient's global norm (``0`` = no clipping).
+
+    Example:
+        >>> opt = adam_with_clipping(1e-3, clip_grad_norm=10.0)
+        >>> state = opt.init({"w": jnp.zeros(2)})
+    """
+    if clip_grad_norm < 0:
+        raise ValueError(f"`clip_grad_norm` must be >= 0 (0 disables); got {clip_grad_norm}.")
+    adam = optax.adam(learning_rate)
+    return optax.chain(optax.clip_by_global_norm(clip_grad_norm), adam) if clip_grad_norm else adam

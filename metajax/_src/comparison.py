@@ -16,6 +16,7 @@ from metajax._src.baselines import pretrain, select_lr
 from metajax._src.evaluate import make_evaluator, summarize
 from metajax._src.loop import Sampler
 from metajax._src.run_io import RunWriter
+from metajax._src.sharding import task_mesh
 from metajax._src.training import TrainResult, meta_train
 from metajax._src.types import MetaLearner, Params, TaskBatch
 
@@ -101,8 +102,15 @@ def compare_with_baselines(
             resumes from there when the run is restarted (``metajax run --resume``).
         checkpoint_every: checkpoint interval in steps (default: ``val_every``).
         progress: show progress bars.
+
+    With several devices (GPUs, TPU cores, hosts after ``jax.distributed.initialize()``, or
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` on CPU) and a meta-batch that is a
+    multiple of their number, meta-training shards the task axis over all of them.
     """
     t0 = time.perf_counter()
+    mesh = None
+    if jax.device_count() > 1 and tasks_per_step % jax.device_count() == 0:
+        mesh = task_mesh()  # several devices: the task axis is sharded over all of them
     root = jax.random.PRNGKey(seed)
     train_key = jax.random.fold_in(root, 0)
     init_params = init_fn(jax.random.fold_in(root, 1))
@@ -129,12 +137,12 @@ def compare_with_baselines(
     def phase(method):
         """Checkpointing options of one training phase; drops records past its checkpoint."""
         if writer is None:
-            return {"on_record": log(method)}
+            return {"on_record": log(method), "mesh": mesh}
         checkpointer = writer.checkpointer(method)
         steps = checkpointer.steps()
         writer.drop_records_after(method, steps[-1] if steps else 0)
         return {"on_record": log(method), "checkpointer": checkpointer,
-                "checkpoint_every": checkpoint_every}
+                "checkpoint_every": checkpoint_every, "mesh": mesh}
 
     train = meta_train(learner.step, learner.init(init_params), sample_train, key=train_key,
                        num_steps=num_steps, tasks_per_step=tasks_per_step,

@@ -13,10 +13,12 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from metajax._src.checkpoint import Checkpointer, CheckpointError
 from metajax._src.loop import Sampler, make_multi_step
+from metajax._src.sharding import replicate, shard_tasks
 from metajax._src.types import MetaState, Metrics, Params, TaskBatch
 
 
@@ -86,6 +88,7 @@ def meta_train(
     on_record: Callable[[dict], None] | None = None,
     checkpointer: Checkpointer | None = None,
     checkpoint_every: int | None = None,
+    mesh: Mesh | None = None,
     progress: bool = True,
     desc: str = "meta-train",
 ) -> TrainResult:
@@ -118,6 +121,8 @@ def meta_train(
         on_record: called with every record (e.g. to append it to ``metrics.jsonl``).
         checkpointer: where to save and resume from (optional).
         checkpoint_every: checkpoint interval in steps (default ``val_every`` or ``log_every``).
+        mesh: shard the task axis of every meta-batch over this device mesh (see
+            :func:`metajax.shard_tasks`); the state is replicated on it. ``None``: one device.
         progress: show a progress bar (step, loss, tasks/s, ETA).
         desc: progress-bar label.
 
@@ -143,6 +148,8 @@ def meta_train(
             state = jax.tree.map(jax.numpy.asarray, tree["state"])
             best_params, history = tree["best_params"], list(meta["history"])
             best_score, best_step = meta["best_score"], int(meta["best_step"])
+    if mesh is not None:
+        state, sample = replicate(state, mesh), shard_tasks(sample, mesh)
     start = int(state.step)
     if num_steps < start:
         raise ValueError(f"`num_steps` ({num_steps}) is smaller than the state's step ({start}).")
