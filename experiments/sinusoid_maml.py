@@ -14,6 +14,7 @@ import metajax
 from metajax import losses, models, tasks
 from metajax.experiment import (
     RunWriter,
+    SweepProblem,
     adam_with_clipping,
     compare_with_baselines,
     plots,
@@ -101,3 +102,30 @@ def _plot(writer, result, apply, loss_fn, test, test_params, config):
     plots.plot_regression_tasks(writer.path("tasks.png"), x_support=np.asarray(support[0]),
                                 y_support=np.asarray(support[1]), x_grid=np.asarray(x_grid),
                                 y_true=y_true, predictions=preds)
+
+
+SWEEPABLE = ("inner_lr", "outer_lr")  # shape-preserving keys: `metajax sweep` vmaps over them
+
+
+def sweep_problem(config: Config) -> SweepProblem:
+    """The experiment as one vmappable training function (see ``metajax sweep``)."""
+    model = models.MLP(features=(*config.hidden, 1))
+    loss_fn = losses.mse(lambda p, x: model.apply({"params": p}, x))
+
+    def make_learner(h):
+        outer = adam_with_clipping(h.get("outer_lr", config.outer_lr),
+                                   clip_grad_norm=config.clip_grad_norm)
+        return metajax.maml(loss_fn, outer, inner_steps=config.inner_steps,
+                            inner_lr=h.get("inner_lr", config.inner_lr),
+                            first_order=config.first_order)
+
+    return SweepProblem(
+        make_learner=make_learner,
+        init_fn=lambda key: model.init(key, jnp.zeros((1, 1)))["params"],
+        sample_train=functools.partial(tasks.sinusoid, n_tasks=config.meta_batch,
+                                       k_shot=config.k_shot, n_query=config.n_query),
+        sample_test=lambda seed: tasks.sinusoid(
+            tasks.split_key(seed, "test"), config.test_tasks, k_shot=config.eval_k_shot,
+            n_query=config.eval_n_query),
+        loss_fn=loss_fn, eval_lr=lambda h: h.get("inner_lr", config.inner_lr),
+        num_steps=config.num_steps)

@@ -147,6 +147,123 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _parse_grid(module, items: list[str]) -> dict[str, tuple]:
+    from metajax._src.config import field_types, parse_value
+
+    types = field_types(module.Config)
+    grid = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in types or key == "seed":
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,... with KEY a config field "
+                              f"other than seed (use --seeds).\nValid keys:\n"
+                              f"{describe_fields(module.Config)}")
+        try:
+            grid[key] = tuple(parse_value(v.strip(), types[key]) for v in text.split(",") if v)
+        except ValueError as err:
+            raise ConfigError(f"--grid {item!r}: {err}") from None
+    return grid
+
+
+def _cmd_sweep(args) -> int:
+    import dataclasses
+
+    from metajax._src.run_io import write_json_atomic
+    from metajax._src.sweep import (
+        format_sweep_table,
+        grid_combinations,
+        sweep_table,
+        vmapped_sweep,
+    )
+
+    module = load_experiment(args.experiment)
+    name = Path(args.experiment).stem
+    try:
+        config = apply_overrides(module.Config(), args.set or [])
+        grid = _parse_grid(module, args.grid or [])
+    except ConfigError as err:
+        print(f"metajax sweep {name}: {err}", file=sys.stderr)
+        return 2
+    seeds = [config.seed + i for i in range(args.seeds)]
+    combos = grid_combinations(grid, seeds)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{name}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", {"experiment": name, "config": config,
+                                            "grid": grid, "seeds": seeds})
+    eval_steps = (0, *getattr(config, "eval_steps", (1, 5, 10)))
+    sweepable = set(getattr(module, "SWEEPABLE", ()))
+    vmapped = (not args.sequential and hasattr(module, "sweep_problem")
+               and set(grid) <= sweepable)
+    print(f"metajax sweep {name}: {len(combos)} runs "
+          f"({'one vmapped program' if vmapped else 'sequential runs'}) -> {out}",
+          file=sys.stderr)
+    if vmapped:
+        result = vmapped_sweep(module.sweep_problem(config), combos, eval_steps=eval_steps,
+                               steps_per_call=getattr(config, "steps_per_call", 500),
+                               progress=not args.no_progress)
+        rows = sweep_table(combos, result["per_task"], metric="loss", eval_steps=eval_steps)
+        extra = {"mode": "vmapped", "seconds": result["seconds"],
+                 "compile_seconds": result["compile_seconds"]}
+    else:
+        per_run = []
+        t0 = time.perf_counter()
+        for i, combo in enumerate(combos):
+            run_config = dataclasses.replace(config, **combo)
+            summary = module.main(run_config, out / "runs" / f"run{i:03d}",
+                                  progress=not args.no_progress)
+            per_run.append(summary)
+        rows = _rows_from_summaries(combos, per_run, eval_steps)
+        extra = {"mode": "sequential", "seconds": time.perf_counter() - t0}
+    write_json_atomic(out / "sweep.json", {"rows": rows, **extra})
+    table = format_sweep_table(rows, eval_steps=eval_steps)
+    (out / "sweep.md").write_text(table + "\n")
+    _plot_sweep(rows, eval_steps, out / "sweep.png")
+    print(table)
+    print(f"\n{extra['mode']} sweep took {extra['seconds']:.1f} s; outputs in {out}",
+          file=sys.stderr)
+    return 0
+
+
+def _rows_from_summaries(combos, summaries, eval_steps):
+    """Sequential sweeps: pool the first method's per-seed summaries of each combination."""
+    import numpy as np
+
+    groups: dict[tuple, list[dict]] = {}
+    for combo, summary in zip(combos, summaries, strict=True):
+        key = tuple((k, v) for k, v in combo.items() if k != "seed")
+        method = next(iter(summary["results"]))
+        groups.setdefault(key, []).append(summary["results"][method])
+    rows = []
+    for key, results in groups.items():
+        row = {**dict(key), "seeds": len(results)}
+        for s in map(str, eval_steps):
+            means = [r[s]["mean"] for r in results]
+            ci = sum(r[s]["ci95"] ** 2 for r in results) ** 0.5 / len(results)
+            row[s] = {"mean": float(np.mean(means)), "ci95": float(ci),
+                      "n": int(sum(r[s]["n"] for r in results)),
+                      "seed_sd": float(np.std(means, ddof=1)) if len(means) > 1 else 0.0}
+        rows.append(row)
+    return rows
+
+
+def _plot_sweep(rows, eval_steps, path):
+    from metajax._src.plots import _pyplot
+
+    plt = _pyplot()
+    last = str(eval_steps[-1])
+    labels = [", ".join(f"{k}={v}" for k, v in r.items() if k not in {"seeds",
+              *map(str, eval_steps)}) or "default" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows)), 4))
+    ax.bar(range(len(rows)), [r[last]["mean"] for r in rows],
+           yerr=[r[last]["ci95"] for r in rows], capsize=4)
+    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"query loss after {last} steps (mean ± 95% CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _cmd_report(args) -> int:
     from metajax._src.report import report
 
@@ -187,6 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run in DIR from its newest checkpoint")
     p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p_run.set_defaults(func=_cmd_run)
+    p_sweep = sub.add_parser("sweep", help="run a grid of configs x seeds; one program "
+                                           "where the swept keys keep shapes fixed")
+    p_sweep.add_argument("experiment", help="experiment name or .py path")
+    p_sweep.add_argument("--grid", action="append", metavar="KEY=V1,V2,...",
+                         help="values of one config field; repeatable")
+    p_sweep.add_argument("--seeds", type=int, default=1, help="seeds per combination")
+    p_sweep.add_argument("--set", action="append", metavar="KEY=VALUE",
+                         help="override a config field; repeatable")
+    p_sweep.add_argument("--out", help="output directory")
+    p_sweep.add_argument("--sequential", action="store_true",
+                         help="run every combination as its own run, even if vmappable")
+    p_sweep.add_argument("--no-progress", action="store_true")
+    p_sweep.set_defaults(func=_cmd_sweep)
     p_report = sub.add_parser("report", help="compare finished runs: one table, one plot")
     p_report.add_argument("runs", nargs="+", metavar="DIR", help="run directories")
     p_report.add_argument("--plot", default="report.png", help="learning-curve PNG to write")

@@ -5,6 +5,7 @@ from metajax._src.baselines import adam_with_clipping, pretrain, select_lr
 from metajax._src.checkpoint import Checkpointer, CheckpointError
 from metajax._src.comparison import ComparisonResult, compare_with_baselines, format_table
 from metajax._src.run_io import RunWriter, read_records, write_json_atomic
+from metajax._src.sweep import SweepProblem, grid_combinations, sweep_table, vmapped_sweep
 from metajax._src.training import Interrupted, TrainResult, meta_train
 
 __all__ = [
@@ -13,14 +14,18 @@ __all__ = [
     "ComparisonResult",
     "Interrupted",
     "RunWriter",
+    "SweepProblem",
     "TrainResult",
     "adam_with_clipping",
     "compare_with_baselines",
     "format_table",
+    "grid_combinations",
     "meta_train",
     "plots",
     "pretrain",
     "read_records",
     "select_lr",
+    "sweep_table",
+    "vmapped_sweep",
     "write_json_atomic",
 ]

@@ -14,7 +14,7 @@ def split_key(seed: int, split: str) -> jax.Array:
     meta-train, meta-validation and meta-test tasks come from disjoint random streams.
 
     Args:
-        seed: the experiment seed.
+        seed: the experiment seed (a Python int, or a traced integer inside ``vmap``).
         split: one of ``"train"``, ``"val"``, ``"test"``.
     """
     if split not in SPLITS:
