@@ -74,7 +74,13 @@ class Checkpointer:
         return self.directory / f"ckpt-{step:010d}.msgpack"
 
     def save(self, step: int, tree: Any, metadata: dict | None = None) -> Path:
-        """Atomically writes ``tree`` (any pytree of arrays) and JSON-able ``metadata``."""
+        """Atomically writes ``tree`` (any pytree of arrays) and JSON-able ``metadata``.
+
+        In a multi-host run only process 0 writes (every process holds the replicated state).
+        """
+        path = self.path(step)
+        if jax.process_index() != 0:
+            return path
         leaves, treedef = jax.tree.flatten(jax.device_get(tree))
         payload = {
             "format": FORMAT,
@@ -86,7 +92,6 @@ class Checkpointer:
             "metadata": serialization.msgpack_serialize(metadata or {}),
         }
         data = serialization.msgpack_serialize(payload)
-        path = self.path(step)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".msgpack")
         try:
             with os.fdopen(fd, "wb") as f:

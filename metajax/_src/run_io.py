@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import Any
 
 
+def is_writer_process() -> bool:
+    """Whether this process writes run files: process 0 of a multi-host run (or the only one)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
@@ -54,13 +61,16 @@ class RunWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def write(self, name: str, obj: Any) -> Path:
-        """Writes ``obj`` to ``out_dir/name`` as JSON, atomically."""
+        """Writes ``obj`` to ``out_dir/name`` as JSON, atomically (process 0 only)."""
         path = self.out_dir / name
-        write_json_atomic(path, obj)
+        if is_writer_process():
+            write_json_atomic(path, obj)
         return path
 
     def log(self, record: dict) -> None:
-        """Appends one JSON line to ``metrics.jsonl`` (flushed at once)."""
+        """Appends one JSON line to ``metrics.jsonl`` (flushed at once; process 0 only)."""
+        if not is_writer_process():
+            return
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(_jsonable(record)) + "\n")
             f.flush()
