@@ -3,6 +3,7 @@
 from metajax import losses, models, tasks
 from metajax._src.adapt import adapt
 from metajax._src.evaluate import Summary, evaluate, make_evaluator, mean_ci95, summarize
+from metajax._src.implicit import conjugate_gradient, custom_root, root_vjp
 from metajax._src.loop import make_multi_step
 from metajax._src.maml import maml
 from metajax._src.sharding import replicate, shard_tasks, task_mesh
@@ -16,12 +17,15 @@ __all__ = [
     "Summary",
     "TaskBatch",
     "adapt",
+    "conjugate_gradient",
+    "custom_root",
     "evaluate",
     "make_evaluator",
     "make_multi_step",
     "maml",
     "mean_ci95",
     "num_tasks",
+    "root_vjp",
     "summarize",
     "replicate",
     "shard_tasks",
