@@ -3,6 +3,7 @@
 from metajax import losses, models, tasks
 from metajax._src.adapt import adapt
 from metajax._src.evaluate import Summary, evaluate, make_evaluator, mean_ci95, summarize
+from metajax._src.imaml import imaml
 from metajax._src.implicit import conjugate_gradient, custom_root, root_vjp
 from metajax._src.loop import make_multi_step
 from metajax._src.maml import maml
@@ -20,6 +21,7 @@ __all__ = [
     "conjugate_gradient",
     "custom_root",
     "evaluate",
+    "imaml",
     "make_evaluator",
     "make_multi_step",
     "maml",
