@@ -2,6 +2,7 @@
 
 from metajax import losses, models, tasks
 from metajax._src.adapt import adapt
+from metajax._src.cavia import cavia, cavia_adapt, cavia_evaluator
 from metajax._src.evaluate import Summary, evaluate, make_evaluator, mean_ci95, summarize
 from metajax._src.imaml import imaml
 from metajax._src.implicit import conjugate_gradient, custom_root, root_vjp
@@ -18,6 +19,9 @@ __all__ = [
     "Summary",
     "TaskBatch",
     "adapt",
+    "cavia",
+    "cavia_adapt",
+    "cavia_evaluator",
     "conjugate_gradient",
     "custom_root",
     "evaluate",

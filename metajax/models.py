@@ -60,3 +60,36 @@ def nnx_apply(graphdef, *state) -> Callable:
         return nnx.merge(graphdef, params, *state, copy=True)(x)
 
     return apply
+
+
+class ContextMLP(nn.Module):
+    """An :class:`MLP` that also takes a context vector, concatenated to every input (CAVIA).
+
+    ``apply(params, x, context)`` with ``x`` of shape ``[..., d]`` and ``context`` of shape
+    ``[num_context]``: the network sees ``[x, context]`` (the context broadcast over the batch).
+    The layers are named as in :class:`MLP`.
+
+    Attributes:
+        features: output width of every layer; the last entry is the output size.
+        activation: nonlinearity applied after every layer but the last.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> model = ContextMLP(features=(40, 40, 1))
+        >>> params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)), jnp.zeros(5))["params"]
+        >>> model.apply({"params": params}, jnp.zeros((7, 1)), jnp.ones(5)).shape
+        (7, 1)
+    """
+
+    features: Sequence[int] = (40, 40, 1)
+    activation: Callable[[jax.Array], jax.Array] = nn.relu
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+        context = jax.numpy.broadcast_to(context, (*x.shape[:-1], context.shape[-1]))
+        x = jax.numpy.concatenate([x, context.astype(x.dtype)], axis=-1)
+        for i, width in enumerate(self.features):
+            x = nn.Dense(width, name=f"dense_{i}")(x)
+            if i < len(self.features) - 1:
+                x = self.activation(x)
+        return x
