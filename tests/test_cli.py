@@ -15,7 +15,16 @@ TINY = {
                       "eval_n_query=7", "hidden=8,8", "plot_tasks=2", "baseline_lrs=0.01,0.1"],
     "linear_regression": ["num_steps=6", "pretrain_steps=4", "meta_batch=3", "test_tasks=8",
                           "val_tasks=4", "val_every=3", "log_every=3", "steps_per_call=3"],
+    "sinusoid_imaml": ["num_steps=6", "pretrain_steps=4", "meta_batch=3", "test_tasks=8",
+                       "val_tasks=4", "val_every=3", "log_every=3", "steps_per_call=3",
+                       "eval_n_query=7", "hidden=8,8", "plot_tasks=2", "baseline_lrs=0.01,0.1",
+                       "eval_steps=1,5,10", "inner_steps=3", "cg_steps=2"],
+    "sinusoid_cavia": ["num_steps=6", "pretrain_steps=4", "meta_batch=3", "test_tasks=8",
+                       "val_tasks=4", "val_every=3", "log_every=3", "steps_per_call=3",
+                       "eval_n_query=7", "hidden=8,8", "plot_tasks=2", "baseline_lrs=0.01,0.1",
+                       "num_context=2", "inner_steps=1"],
 }
+METHOD = {"sinusoid_imaml": "imaml", "sinusoid_cavia": "cavia"}  # the meta-learner if not maml
 
 
 def test_list_shows_every_experiment(capsys):
@@ -32,22 +41,23 @@ def test_experiment_runs_end_to_end(name, tmp_path, capsys):
                      *sum((["--set", s] for s in TINY[name]), [])]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["experiment"] == name and config["config"]["num_steps"] == 6
+    method = METHOD.get(name, "maml")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r["method"] == "maml"] == [3, 6]
+    assert [r["step"] for r in records if r["method"] == method] == [3, 6]
     assert "val_loss" in records[0]
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["results"]) == {"maml", "pretrained", "scratch"}
+    assert set(summary["results"]) == {method, "pretrained", "scratch"}
     for row in summary["results"].values():
         assert list(row) == ["0", "1", "5", "10"]
         assert all(cell["n"] == 8 and cell["ci95"] > 0 for cell in row.values())
     # Before adaptation "scratch" is the same model at another random init: its 0-step loss
     # differs from the meta-learned one.
-    assert summary["results"]["scratch"]["0"]["mean"] != summary["results"]["maml"]["0"]["mean"]
+    assert summary["results"]["scratch"]["0"]["mean"] != summary["results"][method]["0"]["mean"]
     assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if name == "sinusoid_maml":
+    if name in ("sinusoid_maml", "sinusoid_imaml", "sinusoid_cavia"):
         assert (out / "tasks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
-    assert "| maml |" in printed and "10 steps" in printed
+    assert f"| {method} |" in printed and "10 steps" in printed
 
 
 def test_bad_override_exits_with_valid_keys(tmp_path, capsys):
