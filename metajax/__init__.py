@@ -4,10 +4,21 @@ from metajax import losses, models, tasks
 from metajax._src.adapt import adapt
 from metajax._src.cavia import cavia, cavia_adapt, cavia_evaluator
 from metajax._src.evaluate import Summary, evaluate, make_evaluator, mean_ci95, summarize
+from metajax._src.finetune import finetune_head, fit_head
 from metajax._src.imaml import imaml
 from metajax._src.implicit import conjugate_gradient, custom_root, root_vjp
 from metajax._src.loop import make_multi_step
 from metajax._src.maml import maml
+from metajax._src.matchingnet import matching_logits, matchingnet, matchingnet_loss
+from metajax._src.metaoptnet import metaoptnet, metaoptnet_loss, svm_dual, svm_logits
+from metajax._src.metric import (
+    evaluate_episodes,
+    head_task_loss,
+    make_episode_evaluator,
+    metric_learner,
+)
+from metajax._src.protonet import protonet, protonet_loss, prototypical_logits
+from metajax._src.r2d2 import r2d2, r2d2_head_init, r2d2_logits, r2d2_loss, ridge_weights
 from metajax._src.sharding import replicate, shard_tasks, task_mesh
 from metajax._src.types import MetaLearner, MetaState, TaskBatch, num_tasks
 
@@ -25,14 +36,35 @@ __all__ = [
     "conjugate_gradient",
     "custom_root",
     "evaluate",
+    "evaluate_episodes",
+    "finetune_head",
+    "fit_head",
+    "head_task_loss",
     "imaml",
+    "make_episode_evaluator",
     "make_evaluator",
     "make_multi_step",
     "maml",
+    "matching_logits",
+    "matchingnet",
+    "matchingnet_loss",
     "mean_ci95",
+    "metaoptnet",
+    "metaoptnet_loss",
+    "metric_learner",
     "num_tasks",
+    "protonet",
+    "protonet_loss",
+    "prototypical_logits",
+    "r2d2",
+    "r2d2_head_init",
+    "r2d2_logits",
+    "r2d2_loss",
+    "ridge_weights",
     "root_vjp",
     "summarize",
+    "svm_dual",
+    "svm_logits",
     "replicate",
     "shard_tasks",
     "task_mesh",
