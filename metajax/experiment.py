@@ -4,6 +4,7 @@ from metajax._src import plots
 from metajax._src.baselines import adam_with_clipping, pretrain, select_lr
 from metajax._src.checkpoint import Checkpointer, CheckpointError
 from metajax._src.comparison import ComparisonResult, compare_with_baselines, format_table
+from metajax._src.fewshot import FewShotConfig, mlp_embedding, run_fewshot
 from metajax._src.run_io import RunWriter, read_records, write_json_atomic
 from metajax._src.sweep import SweepProblem, grid_combinations, sweep_table, vmapped_sweep
 from metajax._src.training import Interrupted, TrainResult, meta_train
@@ -12,6 +13,7 @@ __all__ = [
     "CheckpointError",
     "Checkpointer",
     "ComparisonResult",
+    "FewShotConfig",
     "Interrupted",
     "RunWriter",
     "SweepProblem",
@@ -21,9 +23,11 @@ __all__ = [
     "format_table",
     "grid_combinations",
     "meta_train",
+    "mlp_embedding",
     "plots",
     "pretrain",
     "read_records",
+    "run_fewshot",
     "select_lr",
     "sweep_table",
     "vmapped_sweep",
