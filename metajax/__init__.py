@@ -8,7 +8,7 @@ from metajax._src.finetune import finetune_head, fit_head
 from metajax._src.imaml import imaml
 from metajax._src.implicit import conjugate_gradient, custom_root, root_vjp
 from metajax._src.loop import make_multi_step
-from metajax._src.maml import maml
+from metajax._src.maml import fomaml, maml, msl_weights
 from metajax._src.matchingnet import matching_logits, matchingnet, matchingnet_loss
 from metajax._src.metaoptnet import metaoptnet, metaoptnet_loss, svm_dual, svm_logits
 from metajax._src.metric import (
@@ -39,6 +39,7 @@ __all__ = [
     "evaluate_episodes",
     "finetune_head",
     "fit_head",
+    "fomaml",
     "head_task_loss",
     "imaml",
     "make_episode_evaluator",
@@ -52,6 +53,7 @@ __all__ = [
     "metaoptnet",
     "metaoptnet_loss",
     "metric_learner",
+    "msl_weights",
     "num_tasks",
     "protonet",
     "protonet_loss",
