@@ -19,6 +19,7 @@ from metajax._src.metric import (
 )
 from metajax._src.protonet import protonet, protonet_loss, prototypical_logits
 from metajax._src.r2d2 import r2d2, r2d2_head_init, r2d2_logits, r2d2_loss, ridge_weights
+from metajax._src.reptile import reptile
 from metajax._src.sharding import replicate, shard_tasks, task_mesh
 from metajax._src.types import MetaLearner, MetaState, TaskBatch, num_tasks
 
@@ -62,6 +63,7 @@ __all__ = [
     "r2d2_head_init",
     "r2d2_logits",
     "r2d2_loss",
+    "reptile",
     "ridge_weights",
     "root_vjp",
     "summarize",
