@@ -2,6 +2,7 @@
 
 from metajax import losses, models, tasks
 from metajax._src.adapt import adapt
+from metajax._src.anil import anil
 from metajax._src.cavia import cavia, cavia_adapt, cavia_evaluator
 from metajax._src.evaluate import Summary, evaluate, make_evaluator, mean_ci95, summarize
 from metajax._src.finetune import finetune_head, fit_head
@@ -31,6 +32,7 @@ __all__ = [
     "Summary",
     "TaskBatch",
     "adapt",
+    "anil",
     "cavia",
     "cavia_adapt",
     "cavia_evaluator",
