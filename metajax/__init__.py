@@ -12,6 +12,7 @@ from metajax._src.loop import make_multi_step
 from metajax._src.maml import fomaml, maml, msl_weights
 from metajax._src.matchingnet import matching_logits, matchingnet, matchingnet_loss
 from metajax._src.metaoptnet import metaoptnet, metaoptnet_loss, svm_dual, svm_logits
+from metajax._src.metasgd import metasgd
 from metajax._src.metric import (
     evaluate_episodes,
     head_task_loss,
@@ -55,6 +56,7 @@ __all__ = [
     "mean_ci95",
     "metaoptnet",
     "metaoptnet_loss",
+    "metasgd",
     "metric_learner",
     "msl_weights",
     "num_tasks",
