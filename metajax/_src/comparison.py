@@ -183,7 +183,9 @@ def compare_with_baselines(
         "metric": metric,
         "results": results,
         "all_metrics": all_metrics,
-        "adapt_lr": {m: (v if np.ndim(v) == 0 else "per-parameter") for m, v in lrs.items()},
+        # A pytree of rates (Meta-SGD, ANIL) is not a scalar even though np.ndim(dict) == 0.
+        "adapt_lr": {m: (v if jax.tree_util.treedef_is_leaf(jax.tree.structure(v))
+                         and np.ndim(v) == 0 else "per-parameter") for m, v in lrs.items()},
         "baseline_lr_search": {m: {str(k): v for k, v in s.items()}
                                for m, s in lr_scores.items()},
         "best_val_step": train.best_step,
