@@ -6,6 +6,7 @@ from metajax._src.checkpoint import Checkpointer, CheckpointError
 from metajax._src.comparison import ComparisonResult, compare_with_baselines, format_table
 from metajax._src.fewshot import FewShotConfig, mlp_embedding, run_fewshot
 from metajax._src.run_io import RunWriter, read_records, write_json_atomic
+from metajax._src.sinusoid_run import SinusoidConfig, run_sinusoid, sinusoid_mlp
 from metajax._src.sweep import SweepProblem, grid_combinations, sweep_table, vmapped_sweep
 from metajax._src.training import Interrupted, TrainResult, meta_train
 
@@ -16,6 +17,7 @@ __all__ = [
     "FewShotConfig",
     "Interrupted",
     "RunWriter",
+    "SinusoidConfig",
     "SweepProblem",
     "TrainResult",
     "adam_with_clipping",
@@ -28,7 +30,9 @@ __all__ = [
     "pretrain",
     "read_records",
     "run_fewshot",
+    "run_sinusoid",
     "select_lr",
+    "sinusoid_mlp",
     "sweep_table",
     "vmapped_sweep",
     "write_json_atomic",

@@ -25,6 +25,12 @@ TINY = {
                        "num_context=2", "inner_steps=1"],
 }
 METHOD = {"sinusoid_imaml": "imaml", "sinusoid_cavia": "cavia"}  # the meta-learner if not maml
+# The gradient-based zoo's sinusoid experiments: sinusoid_maml's overrides plus their own.
+for _method, _extra in {"fomaml": [], "anil": [], "metasgd": [], "reptile": ["inner_steps=2"],
+                        "mamlpp": ["inner_steps=2", "msl_anneal_steps=3",
+                                   "first_order_until=3"]}.items():
+    TINY[f"sinusoid_{_method}"] = TINY["sinusoid_maml"] + _extra
+    METHOD[f"sinusoid_{_method}"] = _method
 
 
 def test_list_shows_every_experiment(capsys):
@@ -54,7 +60,7 @@ def test_experiment_runs_end_to_end(name, tmp_path, capsys):
     # differs from the meta-learned one.
     assert summary["results"]["scratch"]["0"]["mean"] != summary["results"][method]["0"]["mean"]
     assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if name in ("sinusoid_maml", "sinusoid_imaml", "sinusoid_cavia"):
+    if name.startswith("sinusoid_"):
         assert (out / "tasks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert f"| {method} |" in printed and "10 steps" in printed
