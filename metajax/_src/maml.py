@@ -116,16 +116,16 @@ def maml(
     - ``per_step_lr`` (LSLR): one learned SGD rate per parameter leaf (layer weight or bias)
       and per inner step, meta-learned with the initialisation. The meta-parameters become
       ``{"init": params, "lr": rates}`` where every leaf of ``rates`` has shape
-      ``[inner_steps]``, initialised to ``inner_lr``. ``adapt_setup`` gives test-time
-      adaptation the *last* step's rates (a constant SGD rate per leaf; exact when
-      ``inner_steps == 1``), as would any adaptation run past ``inner_steps``.
+      ``[inner_steps]``, initialised to ``inner_lr``. ``adapt_setup`` gives test-time SGD
+      the *last* inner step's rates for every step (one rate per leaf; the same as training
+      when ``inner_steps == 1``).
     - ``multi_step_loss`` (MSL): the objective is the weighted sum of the query losses after
       every inner step, with :func:`msl_weights` of the outer step (uniform at first, annealed
       onto the final step over ``msl_anneal_steps``). ``loss`` stays the final query loss.
     - ``first_order_until=N`` (derivative-order annealing): first-order meta-gradients for
       outer steps ``< N``, exact second-order ones afterwards. Both gradient programs are
       compiled and ``lax.cond`` on ``state.step`` runs only one of them per step, so the
-      early steps cost what FOMAML costs.
+      early steps cost what FOMAML costs (under a ``vmap`` of ``step``, both run).
 
     Args:
         loss_fn: ``loss_fn(params, batch) -> scalar`` (or ``(scalar, aux)`` with ``has_aux``).
