@@ -1,6 +1,6 @@
 """metajax: functional meta-learning in JAX."""
 
-from metajax import losses, models, tasks
+from metajax import data, losses, models, tasks
 from metajax._src.adapt import adapt
 from metajax._src.anil import anil
 from metajax._src.cavia import cavia, cavia_adapt, cavia_evaluator
@@ -76,6 +76,7 @@ __all__ = [
     "replicate",
     "shard_tasks",
     "task_mesh",
+    "data",
     "losses",
     "models",
     "tasks",
