@@ -93,3 +93,136 @@ class ContextMLP(nn.Module):
             if i < len(self.features) - 1:
                 x = self.activation(x)
         return x
+
+
+class Conv4(nn.Module):
+    """The 4-block convolutional network of MAML / Prototypical Networks few-shot learning.
+
+    Each block is a 3x3 convolution with ``features`` filters, batch norm used transductively
+    (``use_running_average=False``: the statistics of the batch itself, as in MAML), ReLU and
+    2x2 max-pooling. ``strided=True`` is the MAML Omniglot variant: stride-2 convolutions
+    instead of max-pooling and a spatial mean at the end. Inputs are ``[N, H, W, C]``.
+
+    Embedding sizes: ``features * (H // 16) * (W // 16)`` with max-pooling (64 for 28x28
+    Omniglot with 64 filters, 800 for 84x84 mini-ImageNet with 32 filters), ``features``
+    with ``strided=True``.
+
+    Attributes:
+        n_way: number of output logits (classes per episode).
+        features: filters per block (64 for Omniglot, 32 for mini-ImageNet in MAML).
+        strided: stride-2 convolutions instead of max-pooling (MAML's Omniglot network).
+        head: end with a Dense layer to ``n_way`` logits; ``False`` returns the embedding
+            (for metric-based methods such as Prototypical Networks).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> model = Conv4(n_way=5, features=4)
+        >>> variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
+        >>> apply = linen_apply(model, variables)
+        >>> apply(variables["params"], jnp.ones((10, 28, 28, 1))).shape
+        (10, 5)
+    """
+
+    n_way: int = 5
+    features: int = 64
+    strided: bool = False
+    head: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(4):
+            x = nn.Conv(self.features, (3, 3), strides=2 if self.strided else 1,
+                        padding="SAME", name=f"conv_{i}")(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=False, name=f"norm_{i}")(x))
+            if not self.strided:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        x = x.mean(axis=(-3, -2)) if self.strided else x.reshape(*x.shape[:-3], -1)
+        return nn.Dense(self.n_way, name="head")(x) if self.head else x
+
+
+class _ResidualBlock(nn.Module):
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shortcut = nn.Conv(self.features, (1, 1), use_bias=False, name="shortcut_conv")(x)
+        shortcut = nn.BatchNorm(use_running_average=False, name="shortcut_norm")(shortcut)
+        for i in range(3):
+            x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False,
+                        name=f"conv_{i}")(x)
+            x = nn.BatchNorm(use_running_average=False, name=f"norm_{i}")(x)
+            if i < 2:
+                x = nn.leaky_relu(x, 0.1)
+        x = nn.leaky_relu(x + shortcut, 0.1)
+        return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+class ResNet12(nn.Module):
+    """ResNet-12 (TADAM / MetaOptNet): 4 residual blocks of three 3x3 convolutions.
+
+    Each block: three conv-BN layers with leaky ReLU (slope 0.1) between them, a 1x1
+    conv-BN shortcut, leaky ReLU after the sum, and 2x2 max-pooling. Batch norm uses the
+    batch's own statistics (transductive, ``use_running_average=False``). The embedding is
+    the global average of the last block (``widths[-1]`` values); DropBlock is not included.
+    Inputs are ``[N, H, W, C]`` with ``H, W >= 16``.
+
+    Attributes:
+        n_way: number of output logits.
+        widths: filters of the four blocks.
+        head: end with a Dense layer to ``n_way`` logits; ``False`` returns the embedding.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> model = ResNet12(widths=(4, 4, 8, 8), head=False)
+        >>> variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3)))
+        >>> linen_apply(model, variables)(variables["params"], jnp.ones((3, 16, 16, 3))).shape
+        (3, 8)
+    """
+
+    n_way: int = 5
+    widths: Sequence[int] = (64, 160, 320, 640)
+    head: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, width in enumerate(self.widths):
+            x = _ResidualBlock(width, name=f"block_{i}")(x)
+        x = x.mean(axis=(-3, -2))
+        return nn.Dense(self.n_way, name="head")(x) if self.head else x
+
+
+def linen_apply(model: nn.Module, variables) -> Callable:
+    """Turns a Flax Linen model and its initial variables into a pure ``apply(params, x)``.
+
+    The returned function applies ``model`` with the differentiated ``params`` and the
+    other collections of ``variables`` (e.g. ``batch_stats``) held fixed. Collections are
+    passed as mutable and their updates discarded, so batch norm with
+    ``use_running_average=False`` normalises with the statistics of the batch itself
+    (transductively, as in MAML) and no state leaks between calls. Use it with
+    :func:`metajax.losses.cross_entropy`.
+
+    Args:
+        model: a Linen module called as ``model.apply(variables, x)``.
+        variables: from ``model.init(key, x)``; only the non-``params`` collections are used.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, metajax
+        >>> model = MLP(features=(4, 2))
+        >>> variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)))
+        >>> loss = metajax.losses.cross_entropy(linen_apply(model, variables))
+        >>> value, aux = loss(variables["params"], (jnp.ones((6, 3)), jnp.zeros(6, jnp.int32)))
+        >>> sorted(aux)
+        ['accuracy']
+
+        With ``loss_fn = losses.cross_entropy(linen_apply(Conv4(n_way=5), variables))``,
+        ``metajax.maml(loss_fn, optax.adam(1e-3), inner_steps=1, inner_lr=0.4,
+        has_aux=True)`` meta-trains a Conv4 on batches from :func:`metajax.data.episodes`.
+    """
+    state = {name: value for name, value in variables.items() if name != "params"}
+    mutable = list(state) or False
+
+    def apply(params, x):
+        out = model.apply({"params": params, **state}, x, mutable=mutable)
+        return out[0] if mutable else out
+
+    return apply
