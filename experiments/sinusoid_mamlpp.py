@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import jax
 import optax
 
 import metajax
@@ -30,7 +31,8 @@ class Config(SinusoidConfig):
     first_order_until: int = 6_500
     val_every: int = 2_000
     pretrain_steps: int = 20_000
-    clip_grad_norm: float = 10.0  # without it the first-order phase diverged at step 5736
+    clip_grad_norm: float = 10.0
+    rate_lr: float = 1e-5  # Adam step size of the learned per-step rates
 
 
 def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = True) -> dict:
@@ -38,8 +40,14 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     _, _, loss_fn, _ = sinusoid_mlp(config)
     schedule = optax.cosine_decay_schedule(config.outer_lr, decay_steps=config.num_steps,
                                            alpha=config.min_outer_lr / config.outer_lr)
-    outer_opt = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm),
-                            optax.adam(schedule))
+    # The learned rates start at inner_lr (0.01): Adam at the init's step size would move them by
+    # ~10% per step and the inner loop diverged (inf loss by step ~1200), so they get their own,
+    # smaller step size.
+    labels = lambda meta: {k: jax.tree.map(lambda _, k=k: k, v) for k, v in meta.items()}  # noqa: E731
+    outer_opt = optax.chain(
+        optax.clip_by_global_norm(config.clip_grad_norm),
+        optax.multi_transform({"init": optax.adam(schedule), "lr": optax.adam(config.rate_lr)},
+                              labels))
     learner = metajax.maml(loss_fn, outer_opt, inner_steps=config.inner_steps,
                            inner_lr=config.inner_lr, per_step_lr=True, multi_step_loss=True,
                            msl_anneal_steps=config.msl_anneal_steps,
