@@ -286,13 +286,15 @@ def measure(peers: list[Contender], contenders: list[Contender], reps: int,
             peers.remove(c)
             notes.append(f"{c.name} dropped: {seconds[c.name] / fastest:.0f}x slower {where}")
 
-    probe = {}
+    probe = {c.name: [] for c in peers}
     for c in peers:
         c.probe()  # warm-up
-        t0 = time.perf_counter()
-        c.probe()
-        probe[c.name] = time.perf_counter() - t0
-    drop(probe, "in a probe")
+    for _ in range(3):  # best of three, so that one burst of outside load decides nothing
+        for c in peers:
+            t0 = time.perf_counter()
+            c.probe()
+            probe[c.name].append(time.perf_counter() - t0)
+    drop({name: min(t) for name, t in probe.items()}, "in a probe")
     for c in peers + contenders:
         c.run()
     for r in range(reps):
@@ -329,7 +331,9 @@ def to_markdown(rows, meta) -> str:
         "Adam 1e-3, second-order meta-gradient. Tasks/s = meta-batch x outer updates / "
         "wall time; median over repetitions that alternate the contenders in one process. "
         "`ratio` = metajax / torch.func (torch.func measured in the same repetitions). "
-        "`compile s` = JAX lower + compile, excluded from the rates.",
+        "`compile s` = JAX lower + compile, excluded from the rates. The machine is shared "
+        "with other jobs (load average below), so the rates move by 10-30% between runs; "
+        "the ratios, measured in the same repetitions, move less.",
         "",
         "| config | metajax variant | metajax tasks/s | torch.func tasks/s | ratio | compile s |",
         "|---|---|---:|---:|---:|---:|",
