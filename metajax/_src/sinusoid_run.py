@@ -22,6 +22,8 @@ from metajax._src.tasks.streams import split_key
 from metajax._src.types import MetaLearner, Params
 from metajax.models import MLP
 
+ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
+
 
 @dataclasses.dataclass(frozen=True)
 class SinusoidConfig:
@@ -52,6 +54,7 @@ class SinusoidConfig:
     pretrain_steps: int = 70_000
     baseline_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)
     plot_tasks: int = 4
+    activation: str = "relu"  # the MLP's nonlinearity: one of ACTIVATIONS
 
 
 def sinusoid_mlp(config: SinusoidConfig) -> tuple[MLP, Callable, Callable, Callable]:
@@ -65,7 +68,10 @@ def sinusoid_mlp(config: SinusoidConfig) -> tuple[MLP, Callable, Callable, Calla
         >>> sorted(init_fn(jax.random.PRNGKey(0)))
         ['dense_0', 'dense_1']
     """
-    model = MLP(features=(*config.hidden, 1))
+    if config.activation not in ACTIVATIONS:
+        raise ValueError(f"`activation` must be one of {sorted(ACTIVATIONS)}; got "
+                         f"{config.activation!r}.")
+    model = MLP(features=(*config.hidden, 1), activation=ACTIVATIONS[config.activation])
 
     def apply(params: Params, x: jax.Array) -> jax.Array:
         return model.apply({"params": params}, x)
