@@ -6,13 +6,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from metajax._src.adapt import LossFn, adapt, check_steps, with_aux
 from metajax._src.maml import task_metrics
-from metajax._src.types import MetaLearner, MetaState, Params, PyTree, TaskBatch, num_tasks
+from metajax._src.outer import gradient_step, init_state, mean_over_tasks
+from metajax._src.types import MetaLearner, MetaState, Params, PyTree
 
 Head = str | Callable[[Params], PyTree]
 
@@ -157,24 +157,13 @@ def anil(
             metrics.update(task_metrics(pre, pre_aux, prefix="pre_"))
         return post, metrics
 
-    # The single place where tasks are batched: params shared, support/query per task.
-    batched_objective = jax.vmap(task_objective, in_axes=(None, 0, 0))
-
-    def meta_loss(params: Params, tasks: TaskBatch):
-        per_task, metrics = batched_objective(params, tasks.support, tasks.query)
-        return jnp.mean(per_task), jax.tree.map(jnp.mean, metrics)
+    meta_loss = mean_over_tasks(task_objective)
 
     def init(params: Params) -> MetaState:
         head_mask(head, params)  # fail early on a bad `head`
-        return MetaState(params=params, opt_state=outer_opt.init(params),
-                         step=jnp.zeros((), jnp.int32))
+        return init_state(outer_opt, params)
 
-    def step(state: MetaState, tasks: TaskBatch):
-        num_tasks(tasks)
-        grads, metrics = jax.grad(meta_loss, has_aux=True)(state.params, tasks)
-        updates, opt_state = outer_opt.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return MetaState(params, opt_state, state.step + 1), metrics
+    step = gradient_step(meta_loss, outer_opt)
 
     def adapt_setup(params: Params) -> tuple[Params, Any]:
         mask = head_mask(head, params)

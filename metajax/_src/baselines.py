@@ -12,7 +12,8 @@ import optax
 from metajax._src.adapt import LossFn, with_aux
 from metajax._src.evaluate import make_evaluator
 from metajax._src.maml import task_metrics
-from metajax._src.types import MetaLearner, MetaState, Params, TaskBatch, num_tasks
+from metajax._src.outer import gradient_step, init_state, mean_over_tasks
+from metajax._src.types import MetaLearner, MetaState, Params, TaskBatch
 
 
 def pretrain(loss_fn: LossFn, opt: optax.GradientTransformation, *,
@@ -38,22 +39,10 @@ def pretrain(loss_fn: LossFn, opt: optax.GradientTransformation, *,
         lq, aux = loss(params, query)
         return (ls + lq) / 2, task_metrics(lq, aux)
 
-    def objective(params, tasks: TaskBatch):
-        per_task, metrics = jax.vmap(task_loss, in_axes=(None, 0, 0))(
-            params, tasks.support, tasks.query)
-        return jnp.mean(per_task), jax.tree.map(jnp.mean, metrics)
-
     def init(params: Params) -> MetaState:
-        return MetaState(params, opt.init(params), jnp.zeros((), jnp.int32))
+        return init_state(opt, params)
 
-    def step(state: MetaState, tasks: TaskBatch):
-        num_tasks(tasks)
-        grads, metrics = jax.grad(objective, has_aux=True)(state.params, tasks)
-        updates, opt_state = opt.update(grads, state.opt_state, state.params)
-        return MetaState(optax.apply_updates(state.params, updates), opt_state,
-                         state.step + 1), metrics
-
-    return MetaLearner(init=init, step=step)
+    return MetaLearner(init=init, step=gradient_step(mean_over_tasks(task_loss), opt))
 
 
 def select_lr(

@@ -18,6 +18,7 @@ from metajax._src.adapt import (
     make_inner_step,
     with_aux,
 )
+from metajax._src.outer import apply_outer_update, init_state, mean_over_tasks
 from metajax._src.types import MetaLearner, MetaState, Params, PyTree, TaskBatch, num_tasks
 
 
@@ -212,19 +213,13 @@ def maml(
         return objective, metrics
 
     def meta_grad(meta: Params, tasks: TaskBatch, weights, *, fo: bool):
-        # The single place where tasks are batched: params shared, support/query per task.
-        batched = jax.vmap(functools.partial(task_objective, fo=fo), in_axes=(None, 0, 0, None))
-
-        def meta_loss(meta):
-            per_task, metrics = batched(meta, tasks.support, tasks.query, weights)
-            return jnp.mean(per_task), jax.tree.map(jnp.mean, metrics)
-
-        return jax.grad(meta_loss, has_aux=True)(meta)
+        meta_loss = mean_over_tasks(
+            lambda m, support, query: task_objective(m, support, query, weights, fo=fo))
+        return jax.grad(meta_loss, has_aux=True)(meta, tasks)
 
     def init(params: Params) -> MetaState:
         meta = {"init": params, "lr": _init_rates(params)} if per_step_lr else params
-        return MetaState(params=meta, opt_state=outer_opt.init(meta),
-                         step=jnp.zeros((), jnp.int32))
+        return init_state(outer_opt, meta)
 
     def _init_rates(params: Params) -> Params:
         lr_struct = jax.tree.structure(inner_lr)
@@ -252,9 +247,7 @@ def maml(
             grads, metrics = jax.lax.cond(
                 state.step < first_order_until, functools.partial(meta_grad, fo=True),
                 functools.partial(meta_grad, fo=False), state.params, tasks, weights)
-        updates, opt_state = outer_opt.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return MetaState(params, opt_state, state.step + 1), metrics
+        return apply_outer_update(outer_opt, state, grads), metrics
 
     adapt_setup = None
     if per_step_lr:
