@@ -56,3 +56,35 @@ def test_multi_step_equals_manual_steps_with_fold_in_keys():
 def test_bad_steps_per_call(steps_per_call):
     with pytest.raises(ValueError, match="`steps_per_call`"):
         metajax.make_multi_step(_step, _sample, steps_per_call=steps_per_call)
+
+
+def _sample_from(key, table, n_tasks=2):
+    """A sampler that reads its data from an array argument (like an image dataset)."""
+    idx = jax.random.randint(key, (n_tasks, 3), 0, table.shape[0])
+    x = table[idx][..., None]
+    return metajax.TaskBatch((x, 2.0 * x), (x, 3.0 * x))
+
+
+@pytest.mark.parametrize("unroll", [1, True])
+def test_sample_args_are_program_arguments_not_constants(unroll):
+    table = jnp.linspace(-1.0, 1.0, 4096)
+    state0 = metajax.MetaState(jnp.asarray(1.0), jnp.asarray(0.0), jnp.zeros((), jnp.int32))
+    key = jax.random.PRNGKey(3)
+    closed = metajax.make_multi_step(_step, functools.partial(_sample_from, table=table),
+                                     steps_per_call=3)
+    passed = metajax.make_multi_step(_step, _sample_from, steps_per_call=3, unroll=unroll)
+    assert_trees_all_close(jax.jit(passed)(state0, key, table), jax.jit(closed)(state0, key),
+                           rtol=1e-6, atol=1e-6)
+    # Closed over, the 4096 floats are a constant of the program; passed, a parameter.
+    closed_hlo = jax.jit(closed).lower(state0, key).as_text()
+    passed_hlo = jax.jit(passed).lower(state0, key, table).as_text()
+    assert any("constant" in line and "tensor<4096xf32>" in line
+               for line in closed_hlo.splitlines())
+    assert not any("constant" in line and "tensor<4096xf32>" in line
+                   for line in passed_hlo.splitlines())
+
+
+@pytest.mark.parametrize("unroll", [0, -2, 1.5, "yes", None])
+def test_bad_unroll(unroll):
+    with pytest.raises(ValueError, match="`unroll`"):
+        metajax.make_multi_step(_step, _sample, steps_per_call=2, unroll=unroll)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 
 from metajax._src.types import MetaState, Metrics, TaskBatch
 
-Sampler = Callable[[jax.Array], TaskBatch]
+Sampler = Callable[..., TaskBatch]
+"""``sample(key, *sample_args) -> TaskBatch``: a jittable task sampler."""
 
 
 def make_multi_step(
@@ -16,23 +18,35 @@ def make_multi_step(
     sample: Sampler,
     *,
     steps_per_call: int,
-) -> Callable[[MetaState, jax.Array], tuple[MetaState, Metrics]]:
+    unroll: int | bool = 1,
+) -> Callable[..., tuple[MetaState, Metrics]]:
     """Fuses ``steps_per_call`` outer steps, each on freshly sampled tasks, into one function.
 
     Sampling happens inside the compiled program (no host round-trip). The tasks of outer step
-    ``t`` are ``sample(fold_in(key, t))`` with ``t = state.step``, so the task stream depends only
-    on ``key`` and the global step: how steps are grouped into calls (or a resumed run) does not
-    change it.
+    ``t`` are ``sample(fold_in(key, t), *sample_args)`` with ``t = state.step``, so the task
+    stream depends only on ``key`` and the global step: how steps are grouped into calls (or a
+    resumed run) does not change it.
+
+    Data the sampler reads (e.g. a dataset's image array) should be passed as
+    ``sample_args`` rather than closed over: arguments of the jitted ``multi_step`` stay
+    arguments of the compiled program, whereas closed-over arrays are embedded in it as
+    constants (slower compiles, and copies in every compilation-cache entry).
 
     Args:
         step: a meta-learner's ``step(state, tasks)``.
-        sample: ``sample(key) -> TaskBatch``, jittable (e.g. ``partial(metajax.tasks.sinusoid,
-            n_tasks=25)``).
+        sample: ``sample(key, *sample_args) -> TaskBatch``, jittable (e.g.
+            ``partial(metajax.tasks.sinusoid, n_tasks=25)``, or
+            ``partial(metajax.data.episodes, n_tasks=4, n_way=5, k_shot=1, n_query=15)``
+            called with the image array as its one sample argument).
         steps_per_call: number of outer steps per call (static).
+        unroll: unrolling of the ``lax.scan`` over the steps (``True``: fully unrolled, no
+            loop in the program). XLA:CPU runs convolutions inside a loop body on a slow
+            generic path (about 10x slower for a Conv4), so conv nets on CPU train faster with
+            a small ``steps_per_call`` and ``unroll=True``.
 
     Returns:
-        ``multi_step(state, key) -> (state, metrics)`` with metrics stacked over the steps
-        (leading axis ``steps_per_call``). Jit it, ideally with ``donate_argnums=0``.
+        ``multi_step(state, key, *sample_args) -> (state, metrics)`` with metrics stacked over
+        the steps (leading axis ``steps_per_call``). Jit it, ideally with ``donate_argnums=0``.
 
     Example:
         >>> import functools, jax, jax.numpy as jnp, optax, metajax
@@ -46,11 +60,13 @@ def make_multi_step(
     """
     if not isinstance(steps_per_call, int) or steps_per_call < 1:
         raise ValueError(f"`steps_per_call` must be an int >= 1; got {steps_per_call!r}.")
+    if not isinstance(unroll, (bool, int)) or (not isinstance(unroll, bool) and unroll < 1):
+        raise ValueError(f"`unroll` must be a bool or an int >= 1; got {unroll!r}.")
 
-    def multi_step(state: MetaState, key: jax.Array):
+    def multi_step(state: MetaState, key: jax.Array, *sample_args: Any):
         def body(state, _):
-            return step(state, sample(jax.random.fold_in(key, state.step)))
+            return step(state, sample(jax.random.fold_in(key, state.step), *sample_args))
 
-        return jax.lax.scan(body, state, None, length=steps_per_call)
+        return jax.lax.scan(body, state, None, length=steps_per_call, unroll=unroll)
 
     return multi_step

@@ -35,14 +35,14 @@ def shard_tasks(sample: Sampler, mesh: Mesh) -> Sampler:
     of devices.
 
     Args:
-        sample: ``sample(key) -> TaskBatch``.
+        sample: ``sample(key, *sample_args) -> TaskBatch``.
         mesh: a mesh with a ``"tasks"`` axis (see :func:`task_mesh`).
     """
     sharding = NamedSharding(mesh, PartitionSpec(TASK_AXIS))
     size = mesh.shape[TASK_AXIS]
 
-    def sharded(key: jax.Array) -> TaskBatch:
-        tasks = sample(key)
+    def sharded(key: jax.Array, *sample_args: Any) -> TaskBatch:
+        tasks = sample(key, *sample_args)
         n = jax.tree.leaves(tasks)[0].shape[0]
         if n % size:
             raise ValueError(f"The meta-batch ({n} tasks) must be a multiple of the number of "

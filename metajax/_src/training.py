@@ -79,7 +79,9 @@ def meta_train(
     key: jax.Array,
     num_steps: int,
     tasks_per_step: int,
+    sample_args: tuple = (),
     steps_per_call: int = 100,
+    unroll: int | bool = 1,
     log_every: int = 100,
     validate: Callable[[Params], dict[str, float]] | None = None,
     val_every: int | None = None,
@@ -97,8 +99,8 @@ def meta_train(
     Outer steps run in compiled chunks of up to ``steps_per_call`` (see
     :func:`metajax.make_multi_step`), cut at logging, validation and checkpoint points, which
     are multiples of their intervals counted from step 0. Tasks for step ``t`` are
-    ``sample(fold_in(key, t))``, so the run is a pure function of its inputs: a run resumed
-    from a checkpoint ends bit-identical to an uninterrupted one.
+    ``sample(fold_in(key, t), *sample_args)``, so the run is a pure function of its inputs: a
+    run resumed from a checkpoint ends bit-identical to an uninterrupted one.
 
     With a ``checkpointer``, the full state (meta-parameters, optimizer state, step, PRNG key,
     best parameters, history) is saved every ``checkpoint_every`` steps, at the end and on
@@ -108,11 +110,15 @@ def meta_train(
     Args:
         step: a meta-learner's ``step(state, tasks)``.
         state: the initial state (``learner.init(params)``); also the restore template.
-        sample: ``sample(key) -> TaskBatch`` (jittable).
+        sample: ``sample(key, *sample_args) -> TaskBatch`` (jittable).
         key: PRNG key of the meta-training task stream.
         num_steps: the outer step to train up to.
         tasks_per_step: tasks in one batch (for the tasks/s figure).
+        sample_args: arrays the sampler reads (e.g. a dataset's images), passed to every
+            compiled call as arguments, so they are not embedded in the program as constants.
         steps_per_call: outer steps fused into one compiled call.
+        unroll: unrolling of the loop over those steps (see :func:`metajax.make_multi_step`;
+            ``True`` for conv nets on CPU).
         log_every: record the mean training metrics every this many steps.
         validate: ``validate(params) -> {metric: value}`` on meta-validation tasks.
         val_every: run ``validate`` every this many steps (and at the end).
@@ -148,8 +154,10 @@ def meta_train(
             state = jax.tree.map(jax.numpy.asarray, tree["state"])
             best_params, history = tree["best_params"], list(meta["history"])
             best_score, best_step = meta["best_score"], int(meta["best_step"])
+    sample_args = tuple(sample_args)
     if mesh is not None:
         state, sample = replicate(state, mesh), shard_tasks(sample, mesh)
+        sample_args = replicate(sample_args, mesh)
     start = int(state.step)
     if num_steps < start:
         raise ValueError(f"`num_steps` ({num_steps}) is smaller than the state's step ({start}).")
@@ -175,9 +183,9 @@ def meta_train(
             while current < target:
                 n = min(steps_per_call, target - current)
                 if n not in compiled:
-                    compiled[n] = jax.jit(make_multi_step(step, sample, steps_per_call=n),
-                                          donate_argnums=0)
-                new_state, metrics = compiled[n](state, key)
+                    compiled[n] = jax.jit(make_multi_step(step, sample, steps_per_call=n,
+                                                          unroll=unroll), donate_argnums=0)
+                new_state, metrics = compiled[n](state, key, *sample_args)
                 metrics = jax.device_get(metrics)
                 loss = np.asarray(metrics["loss"])
                 if not np.all(np.isfinite(loss)):
