@@ -23,6 +23,7 @@ from metajax._src.protonet import protonet, protonet_loss, prototypical_logits
 from metajax._src.r2d2 import r2d2, r2d2_head_init, r2d2_logits, r2d2_loss, ridge_weights
 from metajax._src.reptile import reptile
 from metajax._src.sharding import replicate, shard_tasks, task_mesh
+from metajax._src.task_batching import per_task_weight_convs, task_vmap
 from metajax._src.types import MetaLearner, MetaState, TaskBatch, num_tasks
 
 __version__ = "0.1.0"
@@ -49,6 +50,8 @@ __all__ = [
     "make_episode_evaluator",
     "make_evaluator",
     "make_multi_step",
+    "per_task_weight_convs",
+    "task_vmap",
     "maml",
     "matching_logits",
     "matchingnet",

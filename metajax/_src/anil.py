@@ -11,7 +11,7 @@ import optax
 
 from metajax._src.adapt import LossFn, adapt, check_steps, with_aux
 from metajax._src.maml import task_metrics
-from metajax._src.outer import gradient_step, init_state, mean_over_tasks
+from metajax._src.outer import gradient_step, init_state, mean_task_gradient
 from metajax._src.types import MetaLearner, MetaState, Params, PyTree
 
 Head = str | Callable[[Params], PyTree]
@@ -86,6 +86,7 @@ def anil(
     head: Head,
     first_order: bool = False,
     has_aux: bool = False,
+    task_batching: str = "auto",
     remat: bool = False,
     unroll: int | bool | None = None,
     track_pre_adaptation: bool = True,
@@ -109,6 +110,8 @@ def anil(
             ``params -> bool pytree`` marking the head leaves (see :func:`head_mask`).
         first_order: drop second-order terms.
         has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+        task_batching: how the task axis is batched: ``"auto"`` (per backend and model),
+            ``"vmap"`` or ``"conv_per_task"``; see :func:`metajax.task_vmap`.
         remat: checkpoint each inner step (see :func:`metajax.adapt`).
         unroll: inner-loop unrolling (see :func:`metajax.adapt`).
         track_pre_adaptation: also report the query loss before adaptation (``pre_loss``).
@@ -157,13 +160,13 @@ def anil(
             metrics.update(task_metrics(pre, pre_aux, prefix="pre_"))
         return post, metrics
 
-    meta_loss = mean_over_tasks(task_objective)
+    meta_grad = mean_task_gradient(task_objective, task_batching=task_batching)
 
     def init(params: Params) -> MetaState:
         head_mask(head, params)  # fail early on a bad `head`
         return init_state(outer_opt, params)
 
-    step = gradient_step(meta_loss, outer_opt)
+    step = gradient_step(meta_grad, outer_opt)
 
     def adapt_setup(params: Params) -> tuple[Params, Any]:
         mask = head_mask(head, params)

@@ -12,7 +12,7 @@ import optax
 from metajax._src.adapt import LossFn, with_aux
 from metajax._src.evaluate import make_evaluator
 from metajax._src.maml import task_metrics
-from metajax._src.outer import gradient_step, init_state, mean_over_tasks
+from metajax._src.outer import gradient_step, init_state, mean_task_gradient
 from metajax._src.types import MetaLearner, MetaState, Params, TaskBatch
 
 
@@ -42,7 +42,7 @@ def pretrain(loss_fn: LossFn, opt: optax.GradientTransformation, *,
     def init(params: Params) -> MetaState:
         return init_state(opt, params)
 
-    return MetaLearner(init=init, step=gradient_step(mean_over_tasks(task_loss), opt))
+    return MetaLearner(init=init, step=gradient_step(mean_task_gradient(task_loss), opt))
 
 
 def select_lr(

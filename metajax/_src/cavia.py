@@ -12,7 +12,7 @@ import optax
 from metajax._src.adapt import adapt, check_steps, with_aux
 from metajax._src.evaluate import make_evaluator
 from metajax._src.maml import task_metrics
-from metajax._src.outer import gradient_step, init_state, mean_over_tasks
+from metajax._src.outer import gradient_step, init_state, mean_task_gradient
 from metajax._src.types import MetaLearner, MetaState, Params, PyTree, TaskBatch
 
 ContextLossFn = Callable[[Params, jax.Array, PyTree], Any]
@@ -105,6 +105,7 @@ def cavia(
     inner_lr: Any,
     first_order: bool = False,
     has_aux: bool = False,
+    task_batching: str = "auto",
     remat: bool = False,
     unroll: int | bool | None = None,
     track_pre_adaptation: bool = True,
@@ -143,6 +144,8 @@ def cavia(
             context tolerates large rates (the paper uses 1.0 on sinusoids).
         first_order: drop the second-order terms of the meta-gradient.
         has_aux: whether ``loss_fn`` returns ``(loss, aux)``; aux values are averaged over tasks.
+        task_batching: how the task axis is batched: ``"auto"`` (per backend and model),
+            ``"vmap"`` or ``"conv_per_task"``; see :func:`metajax.task_vmap`.
         remat: checkpoint each inner step (see :func:`metajax.adapt`).
         unroll: inner-loop unrolling (see :func:`metajax.adapt`).
         track_pre_adaptation: also report the query loss at the zero context (``pre_loss``).
@@ -184,12 +187,12 @@ def cavia(
             metrics.update(task_metrics(pre, pre_aux, prefix="pre_"))
         return post, metrics
 
-    meta_loss = mean_over_tasks(task_objective)
+    meta_grad = mean_task_gradient(task_objective, task_batching=task_batching)
 
     def init(params: Params) -> MetaState:
         return init_state(outer_opt, params)
 
-    step = gradient_step(meta_loss, outer_opt)
+    step = gradient_step(meta_grad, outer_opt)
 
     return MetaLearner(init=init, step=step)
 

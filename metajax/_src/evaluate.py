@@ -13,6 +13,7 @@ import optax
 
 from metajax._src.adapt import LossFn, adapt_trajectory, check_steps, with_aux
 from metajax._src.maml import task_metrics
+from metajax._src.task_batching import task_vmap
 from metajax._src.types import Params, TaskBatch, num_tasks
 
 
@@ -47,6 +48,7 @@ def make_evaluator(
     inner_opt: optax.GradientTransformation | None = None,
     has_aux: bool = False,
     chunk_size: int | None = None,
+    task_batching: str = "auto",
 ) -> Callable[[Params, TaskBatch], dict[str, jax.Array]]:
     """Builds a pure, jittable ``evaluate(params, tasks) -> {metric: [len(steps), n_tasks]}``.
 
@@ -61,6 +63,8 @@ def make_evaluator(
         has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
         chunk_size: evaluate this many tasks at a time (``lax.map`` over vmapped chunks) to
             bound memory; ``None`` vmaps over all tasks at once.
+        task_batching: how tasks are batched (see :func:`metajax.task_vmap`); ``"auto"``
+            keeps conv nets fast on CPU.
 
     Returns:
         ``evaluate(params, tasks)``, returning a dict of arrays ``[len(steps), n_tasks]``.
@@ -79,14 +83,25 @@ def make_evaluator(
 
     def evaluate(params: Params, tasks: TaskBatch) -> dict[str, jax.Array]:
         num_tasks(tasks)
-        fn = lambda sq: one_task(params, *sq)  # noqa: E731
-        if chunk_size is None:
-            out = jax.vmap(fn)((tasks.support, tasks.query))
-        else:
-            out = jax.lax.map(fn, (tasks.support, tasks.query), batch_size=chunk_size)
+        batched = task_vmap(lambda sq: one_task(params, *sq), strategy=task_batching)
+        out = _in_chunks(batched, (tasks.support, tasks.query), chunk_size)
         return jax.tree.map(lambda t: t.T, out)  # [tasks, steps] -> [steps, tasks]
 
     return evaluate
+
+
+def _in_chunks(batched, xs, chunk_size: int | None):
+    """``batched(xs)`` computed ``chunk_size`` tasks at a time (``lax.map`` over chunks)."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    if chunk_size is None or chunk_size >= n:
+        return batched(xs)
+    full = n - n % chunk_size
+    chunks = jax.tree.map(lambda x: x[:full].reshape(-1, chunk_size, *x.shape[1:]), xs)
+    out = jax.tree.map(lambda y: y.reshape(full, *y.shape[2:]), jax.lax.map(batched, chunks))
+    if full == n:
+        return out
+    rest = batched(jax.tree.map(lambda x: x[full:], xs))
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, rest)
 
 
 def evaluate(

@@ -13,7 +13,7 @@ import optax
 from metajax._src.adapt import LossFn, adapt, check_steps, with_aux
 from metajax._src.implicit import conjugate_gradient, custom_root
 from metajax._src.maml import task_metrics
-from metajax._src.outer import gradient_step, init_state, mean_over_tasks
+from metajax._src.outer import gradient_step, init_state, mean_task_gradient
 from metajax._src.types import MetaLearner, MetaState, Params, PyTree
 
 
@@ -106,6 +106,7 @@ def imaml(
     cg_tol: float = 0.0,
     cg_damping: float = 0.0,
     has_aux: bool = False,
+    task_batching: str = "auto",
     track_pre_adaptation: bool = True,
 ) -> MetaLearner:
     """Implicit MAML: meta-gradients through the inner optimum, not the inner trajectory.
@@ -140,6 +141,8 @@ def imaml(
             from positive definite); ``0`` solves the exact system.
         has_aux: whether ``loss_fn`` returns ``(loss, aux)``; aux values are averaged over tasks
             into the metrics.
+        task_batching: how the task axis is batched: ``"auto"`` (per backend and model),
+            ``"vmap"`` or ``"conv_per_task"``; see :func:`metajax.task_vmap`.
         track_pre_adaptation: also report the query loss before adaptation (``pre_loss``).
 
     Returns:
@@ -176,12 +179,12 @@ def imaml(
             metrics.update(task_metrics(pre, pre_aux, prefix="pre_"))
         return post, metrics
 
-    meta_loss = mean_over_tasks(task_objective)
+    meta_grad = mean_task_gradient(task_objective, task_batching=task_batching)
 
     def init(params: Params) -> MetaState:
         return init_state(outer_opt, params)
 
-    step = gradient_step(meta_loss, outer_opt)
+    step = gradient_step(meta_grad, outer_opt)
 
     adapt_setup = None if inner_lr is None else (lambda params: (params, inner_lr))
     return MetaLearner(init=init, step=step, adapt_setup=adapt_setup)

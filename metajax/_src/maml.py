@@ -18,7 +18,7 @@ from metajax._src.adapt import (
     make_inner_step,
     with_aux,
 )
-from metajax._src.outer import apply_outer_update, init_state, mean_over_tasks
+from metajax._src.outer import apply_outer_update, init_state, mean_task_gradient
 from metajax._src.types import MetaLearner, MetaState, Params, PyTree, TaskBatch, num_tasks
 
 
@@ -97,6 +97,7 @@ def maml(
     first_order: bool = False,
     inner_opt: optax.GradientTransformation | None = None,
     has_aux: bool = False,
+    task_batching: str = "auto",
     remat: bool = False,
     unroll: int | bool | None = None,
     track_pre_adaptation: bool = True,
@@ -138,6 +139,8 @@ def maml(
         inner_opt: optional Optax inner optimizer, differentiated through.
         has_aux: whether ``loss_fn`` returns ``(loss, aux)``; aux values (e.g. accuracy) are
             averaged over tasks into the metrics.
+        task_batching: how the task axis is batched: ``"auto"`` (per backend and model),
+            ``"vmap"`` or ``"conv_per_task"``; see :func:`metajax.task_vmap`.
         remat: checkpoint each inner step to save memory (see :func:`metajax.adapt`).
         unroll: inner-loop unrolling (see :func:`metajax.adapt`).
         track_pre_adaptation: also report the query loss before adaptation (``pre_loss``), at
@@ -213,9 +216,10 @@ def maml(
         return objective, metrics
 
     def meta_grad(meta: Params, tasks: TaskBatch, weights, *, fo: bool):
-        meta_loss = mean_over_tasks(
-            lambda m, support, query: task_objective(m, support, query, weights, fo=fo))
-        return jax.grad(meta_loss, has_aux=True)(meta, tasks)
+        meta_grad = mean_task_gradient(
+            lambda m, support, query: task_objective(m, support, query, weights, fo=fo),
+            task_batching=task_batching)
+        return meta_grad(meta, tasks)
 
     def init(params: Params) -> MetaState:
         meta = {"init": params, "lr": _init_rates(params)} if per_step_lr else params

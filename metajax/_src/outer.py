@@ -9,18 +9,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metajax._src.task_batching import per_task_weight_convs, resolve_strategy, task_vmap
 from metajax._src.types import MetaState, Metrics, Params, PyTree, TaskBatch, num_tasks
 
 TaskObjective = Callable[[Params, PyTree, PyTree], tuple[jax.Array, Metrics]]
 MetaLoss = Callable[[Params, TaskBatch], tuple[jax.Array, Metrics]]
+MetaGrad = Callable[[Params, TaskBatch], tuple[Params, Metrics]]
 
 
 def mean_over_tasks(task_objective: TaskObjective) -> MetaLoss:
     """``meta_loss(params, tasks)``: the mean over tasks of ``task_objective(params, s, q)``.
 
-    The single place where a learner batches tasks: ``jax.vmap`` with the meta-parameters
-    shared (``in_axes=None``) and support/query split along the task axis. Metrics are
-    averaged over tasks too.
+    Batched with ``jax.vmap``: the meta-parameters shared (``in_axes=None``), support/query
+    split along the task axis. Metrics are averaged over tasks too.
     """
     batched = jax.vmap(task_objective, in_axes=(None, 0, 0))
 
@@ -29,6 +30,37 @@ def mean_over_tasks(task_objective: TaskObjective) -> MetaLoss:
         return jnp.mean(per_task), jax.tree.map(jnp.mean, metrics)
 
     return meta_loss
+
+
+def mean_task_gradient(task_objective: TaskObjective, *, task_batching: str = "auto"
+                       ) -> MetaGrad:
+    """``meta_grad(params, tasks) -> (grads, metrics)``: the meta-gradient of the task mean.
+
+    The single place where a learner batches tasks and chooses how (see
+    :mod:`metajax._src.task_batching`). With ``"vmap"``, or when the task objective holds no
+    convolution with per-task weights (:func:`per_task_weight_convs`), it is ``jax.grad`` of
+    :func:`mean_over_tasks` (one ``jax.vmap``; the sum over tasks folds into the backward
+    pass). With ``"conv_per_task"`` (``"auto"`` on CPU) and a
+    conv net, each task's gradient is computed by :func:`task_vmap` over
+    ``jax.grad(task_objective)`` (forward, inner and outer backward passes all in one traced
+    program whose per-task-weight convolutions run one ordinary convolution per task) and
+    the gradients are averaged: equal to the ``jax.vmap`` path to float rounding.
+    """
+    strategy = resolve_strategy(task_batching)
+    per_task_grad = task_vmap(jax.grad(task_objective, has_aux=True), in_axes=(None, 0, 0),
+                              strategy=strategy)
+    vmapped_grad = jax.grad(mean_over_tasks(task_objective), has_aux=True)
+
+    def meta_grad(params: Params, tasks: TaskBatch):
+        num_tasks(tasks)
+        if strategy == "vmap" or not per_task_weight_convs(
+                task_objective, (None, 0, 0), params, tasks.support, tasks.query):
+            return vmapped_grad(params, tasks)
+        grads, metrics = per_task_grad(params, tasks.support, tasks.query)
+        return (jax.tree.map(lambda g: jnp.mean(g, axis=0), grads),
+                jax.tree.map(jnp.mean, metrics))
+
+    return meta_grad
 
 
 def init_state(outer_opt: optax.GradientTransformation, meta: Params) -> MetaState:
@@ -43,13 +75,13 @@ def apply_outer_update(outer_opt: optax.GradientTransformation, state: MetaState
     return MetaState(optax.apply_updates(state.params, updates), opt_state, state.step + 1)
 
 
-def gradient_step(meta_loss: MetaLoss, outer_opt: optax.GradientTransformation
+def gradient_step(meta_grad: MetaGrad, outer_opt: optax.GradientTransformation
                   ) -> Callable[[MetaState, TaskBatch], tuple[MetaState, Metrics]]:
-    """``step(state, tasks)``: differentiate ``meta_loss`` and apply one outer update."""
+    """``step(state, tasks)``: one outer update along ``meta_grad`` (:func:`mean_task_gradient`)."""
 
     def step(state: MetaState, tasks: TaskBatch):
         num_tasks(tasks)
-        grads, metrics = jax.grad(meta_loss, has_aux=True)(state.params, tasks)
+        grads, metrics = meta_grad(state.params, tasks)
         return apply_outer_update(outer_opt, state, grads), metrics
 
     return step

@@ -1,0 +1,219 @@
+"""task_vmap / task batching: every rewrite equals plain jax.vmap (values and gradients)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+from flax import nnx
+from helpers import assert_trees_all_close
+from jax import lax
+
+import metajax
+from metajax import losses, models
+from metajax._src.outer import mean_task_gradient
+
+STRATEGY = "conv_per_task"
+
+
+def _normal(seed, shape):
+    return jax.random.normal(jax.random.PRNGKey(seed), shape)
+
+
+def _both(fun, *args, in_axes=0):
+    """``(jax.vmap result, task_vmap result under jit)``."""
+    plain = jax.vmap(fun, in_axes=in_axes)(*args)
+    fast = jax.jit(metajax.task_vmap(fun, in_axes, strategy=STRATEGY))(*args)
+    return plain, fast
+
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.mark.parametrize("strides,padding,lhs_dil,rhs_dil", [
+    ((1, 1), "SAME", (1, 1), (1, 1)),
+    ((2, 2), "SAME", (1, 1), (1, 1)),
+    ((1, 2), ((2, 0), (1, 1)), (1, 1), (2, 1)),
+    ((1, 1), ((1, 1), (1, 1)), (2, 2), (1, 1)),  # transposed convolution
+])
+def test_per_task_convolution_equals_vmap(strides, padding, lhs_dil, rhs_dil):
+    def conv(w, x):
+        return lax.conv_general_dilated(x, w, strides, padding, lhs_dilation=lhs_dil,
+                                        rhs_dilation=rhs_dil, dimension_numbers=NHWC)
+
+    w, x = _normal(0, (3, 3, 3, 2, 4)), _normal(1, (3, 5, 9, 8, 2))
+    assert_trees_all_close(*_both(conv, w, x), atol=1e-5)
+    # and its gradient with respect to both operands (second order below)
+    loss = lambda w, x: jnp.sum(jnp.sin(conv(w, x)))  # noqa: E731
+    assert_trees_all_close(*_both(jax.grad(loss, argnums=(0, 1)), w, x), atol=1e-4)
+
+
+@pytest.mark.parametrize("dims,lhs_shape,rhs_shape,padding", [
+    # a weight gradient (batch <-> feature roles swapped) and its transpose (kernel larger
+    # than the image), as they appear in the inner-loop gradient of a conv net
+    (((3, 0, 1, 2), (3, 0, 1, 2), (2, 3, 0, 1)), (5, 9, 9, 3), (5, 9, 9, 4), ((1, 1), (1, 1))),
+    (((2, 3, 0, 1), (0, 3, 1, 2), (3, 0, 1, 2)), (3, 3, 6, 4), (5, 9, 9, 4), ((7, 7), (6, 8))),
+])
+def test_non_canonical_convolutions_equal_vmap(dims, lhs_shape, rhs_shape, padding):
+    dn = lax.ConvDimensionNumbers(*dims)
+
+    def conv(a, b):
+        return lax.conv_general_dilated(a, b, (1, 1), padding, dimension_numbers=dn)
+
+    a, b = _normal(0, (2, *lhs_shape)), _normal(1, (2, *rhs_shape))
+    plain, fast = _both(conv, a, b)
+    assert_trees_all_close(plain, fast, atol=1e-4 * float(jnp.max(jnp.abs(plain))))
+
+
+def test_shared_weights_fold_into_the_batch():
+    conv = lambda w, x: lax.conv_general_dilated(x, w, (1, 1), "SAME",  # noqa: E731
+                                                 dimension_numbers=NHWC)
+    w, x = _normal(0, (3, 3, 2, 4)), _normal(1, (3, 5, 6, 6, 2))
+    assert_trees_all_close(*_both(conv, w, x, in_axes=(None, 0)), atol=1e-5)
+    assert metajax.per_task_weight_convs(conv, (None, 0), w, x) == 0
+    assert metajax.per_task_weight_convs(conv, 0, jnp.stack([w] * 3), x) == 1
+
+
+def test_max_pool_rules_equal_vmap_to_second_order():
+    def net(w, x):
+        y = nn.max_pool(lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC),
+                        (2, 2), strides=(2, 2))
+        return jnp.sum(y ** 2)
+
+    def inner_then_outer(w, x):  # MAML-shaped: gradient of a function of a gradient
+        return net(w - 0.1 * jax.grad(net)(w, x), x)
+
+    w, x = _normal(0, (2, 3, 3, 2, 3)), _normal(1, (2, 4, 6, 6, 2))
+    assert_trees_all_close(*_both(net, w, x), atol=1e-4)
+    assert_trees_all_close(*_both(jax.grad(inner_then_outer), w, x), atol=1e-3)
+
+
+def test_scan_and_remat_with_convolutions_inside():
+    conv = lambda w, x: jnp.tanh(lax.conv_general_dilated(  # noqa: E731
+        x, w, (1, 1), "SAME", dimension_numbers=NHWC))
+
+    def scanned(w, x):
+        def body(h, _):
+            return conv(w, h), jnp.sum(h)
+        return lax.scan(body, x, None, length=3)
+
+    w, x = _normal(0, (2, 3, 3, 2, 2)), _normal(1, (2, 2, 5, 5, 2))
+    assert_trees_all_close(*_both(scanned, w, x), atol=1e-5)
+    rematted = lambda w, x: jax.checkpoint(conv)(w, x)  # noqa: E731
+    assert_trees_all_close(*_both(jax.grad(lambda w, x: jnp.sum(rematted(w, x))), w, x),
+                           atol=1e-4)
+
+
+def test_pytree_in_axes_and_no_convolution():
+    def fun(params, batch):
+        return jnp.tanh(batch["x"] @ params["w"]) * params["s"]
+
+    params = {"w": _normal(0, (3, 4, 2)), "s": jnp.ones(())}
+    batch = {"x": _normal(1, (3, 5, 4))}
+    plain = jax.vmap(fun, in_axes=({"w": 0, "s": None}, 0))(params, batch)
+    fast = metajax.task_vmap(fun, ({"w": 0, "s": None}, 0), strategy=STRATEGY)(params, batch)
+    assert_trees_all_close(plain, fast, atol=1e-6)
+
+
+def test_bad_strategy_is_named():
+    with pytest.raises(ValueError, match="task_batching"):
+        metajax.task_vmap(jnp.sin, strategy="fast")
+    with pytest.raises(ValueError, match="task-axis"):
+        metajax.task_vmap(jnp.add, strategy=STRATEGY)(jnp.ones(3), jnp.ones(4))
+
+
+# ------------------------------------------------------------------ meta-gradients
+
+
+class UserNet(nn.Module):
+    """A user's own Linen conv net (strided conv, batch norm, average pooling)."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.BatchNorm(use_running_average=False)(nn.Conv(4, (3, 3), strides=2)(x)))
+        x = nn.Conv(3, (3, 3))(x)
+        return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+
+class NNXNet(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+        self.norm = nnx.BatchNorm(4, use_running_average=False, rngs=rngs)
+        self.head = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.max_pool(nnx.relu(self.norm(self.conv(x))), (2, 2), strides=(2, 2))
+        return self.head(x.mean(axis=(1, 2)))
+
+
+def _linen(model, size=8):
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((3, size, size, 1)))
+    return models.linen_apply(model, variables), variables["params"]
+
+
+def _nnx():
+    graphdef, params, rest = nnx.split(NNXNet(nnx.Rngs(0)), nnx.Param, ...)
+    return models.nnx_apply(graphdef, rest), params
+
+
+MODELS = {
+    "conv4": lambda: _linen(models.Conv4(n_way=3, features=4), size=16),
+    "user_linen": lambda: _linen(UserNet()),
+    "nnx": _nnx,
+}
+
+
+def _tasks(n_tasks=3, size=8):
+    labels = jnp.tile(jnp.arange(3), (n_tasks, 2))
+    return metajax.TaskBatch((_normal(1, (n_tasks, 6, size, size, 1)), labels),
+                             (_normal(2, (n_tasks, 6, size, size, 1)), labels))
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("first_order", [False, True])
+def test_maml_meta_gradient_equals_vmap(model, first_order):
+    apply, params = MODELS[model]()
+    loss_fn = losses.cross_entropy(apply)
+    tasks = _tasks(size=16 if model == "conv4" else 8)
+    grads = {}
+    for strategy in ("vmap", STRATEGY):
+        learner = metajax.maml(loss_fn, optax.sgd(1.0), inner_steps=1 if model == "conv4" else 2,
+                               inner_lr=0.3,
+                               first_order=first_order, has_aux=True, task_batching=strategy)
+        state = learner.init(params)
+        new_state, metrics = jax.jit(learner.step)(state, tasks)
+        grads[strategy] = jax.tree.map(lambda a, b: a - b, state.params, new_state.params)
+    assert metajax.per_task_weight_convs(
+        lambda p, s: loss_fn(p, s)[0], (0, 0),
+        jax.tree.map(lambda p: jnp.stack([p] * 3), params), tasks.support) > 0
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads["vmap"]))
+    assert scale > 1e-3  # a real gradient, not zeros
+    assert_trees_all_close(grads["vmap"], grads[STRATEGY], rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_jit_and_no_jit_agree():
+    apply, params = MODELS["user_linen"]()
+    loss_fn = losses.cross_entropy(apply)
+
+    def task_objective(p, s, q):  # one inner step: per-task weights in the query pass
+        g = jax.grad(lambda p: loss_fn(p, s)[0])(p)
+        return loss_fn(jax.tree.map(lambda a, b: a - 0.3 * b, p, g), q)
+
+    meta_grad = mean_task_gradient(
+        lambda p, s, q: (task_objective(p, s, q)[0], {}), task_batching=STRATEGY)
+    tasks = _tasks()
+    assert_trees_all_close(meta_grad(params, tasks)[0], jax.jit(meta_grad)(params, tasks)[0],
+                           atol=1e-6)
+
+
+def test_evaluator_equals_vmap_in_chunks():
+    apply, params = MODELS["user_linen"]()
+    loss_fn = losses.cross_entropy(apply)
+    tasks = _tasks(n_tasks=5)
+    out = {}
+    for strategy, chunk in (("vmap", None), (STRATEGY, 2)):
+        fn = metajax.make_evaluator(loss_fn, steps=(0, 2), lr=0.3, has_aux=True,
+                                    chunk_size=chunk, task_batching=strategy)
+        out[strategy] = jax.jit(fn)(params, tasks)
+    assert out["vmap"]["accuracy"].shape == (2, 5)
+    assert_trees_all_close(out["vmap"], out[STRATEGY], atol=1e-5)
