@@ -3,7 +3,12 @@
 from metajax._src import plots
 from metajax._src.baselines import adam_with_clipping, pretrain, select_lr
 from metajax._src.checkpoint import Checkpointer, CheckpointError
-from metajax._src.comparison import ComparisonResult, compare_with_baselines, format_table
+from metajax._src.comparison import (
+    ComparisonResult,
+    compare_with_baselines,
+    evaluate_methods,
+    format_table,
+)
 from metajax._src.fewshot import FewShotConfig, mlp_embedding, run_fewshot
 from metajax._src.run_io import RunWriter, read_records, write_json_atomic
 from metajax._src.sinusoid_run import SinusoidConfig, run_sinusoid, sinusoid_mlp
@@ -22,6 +27,7 @@ __all__ = [
     "TrainResult",
     "adam_with_clipping",
     "compare_with_baselines",
+    "evaluate_methods",
     "format_table",
     "grid_combinations",
     "meta_train",

@@ -13,6 +13,7 @@ import optax
 
 from metajax._src.adapt import LossFn
 from metajax._src.baselines import pretrain, select_lr
+from metajax._src.chunking import check_chunk_size, map_task_chunks
 from metajax._src.evaluate import make_evaluator, summarize
 from metajax._src.loop import Sampler
 from metajax._src.run_io import RunWriter
@@ -28,11 +29,68 @@ class ComparisonResult(NamedTuple):
         summary: the JSON-ready summary (``results``: method -> steps -> mean/ci95/n).
         params: ``{method: parameters evaluated}`` (meta-learned, pretrained, scratch).
         train: the meta-training :class:`TrainResult`.
+        lrs: ``{method: test-time SGD step size}`` (a scalar, or a per-parameter pytree for
+            Meta-SGD and ANIL), as used on the test tasks; with ``params``, everything
+            :func:`evaluate_methods` needs to evaluate the same methods on other tasks.
     """
 
     summary: dict
     params: dict[str, Params]
     train: TrainResult
+    lrs: dict[str, Any] | None = None
+
+
+def evaluate_methods(
+    loss_fn: LossFn,
+    params: dict[str, Params],
+    lrs: dict[str, Any],
+    tasks: TaskBatch,
+    *,
+    steps: Sequence[int],
+    has_aux: bool = False,
+    chunk_size: int | None = None,
+) -> dict[str, dict[str, dict[str, dict]]]:
+    """Adapts every method on the same tasks and summarises its query metrics per step count.
+
+    Args:
+        loss_fn: the task loss.
+        params: ``{method: parameters}`` where each method's adaptation starts.
+        lrs: ``{method: SGD step size}`` (scalar or per-parameter pytree) for each method.
+        tasks: the tasks (the same for every method).
+        steps: adaptation step counts reported (``0`` = before adaptation).
+        has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+        chunk_size: evaluate this many tasks per compiled call (memory bound; see
+            :func:`map_task_chunks`); ``None``: all at once.
+
+    Returns:
+        ``{method: {metric: {str(steps): {"mean", "ci95", "n"}}}}`` (means ± 95% CI over
+        tasks), methods in the order of ``params``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from metajax import TaskBatch
+        >>> loss = lambda w, b: jnp.mean((b[0] * w - b[1]) ** 2)
+        >>> x = jnp.ones((4, 3)); tasks = TaskBatch((x, 2 * x), (x, 2 * x))
+        >>> out = evaluate_methods(loss, {"a": jnp.array(0.0), "b": jnp.array(2.0)},
+        ...                        {"a": 0.25, "b": 0.25}, tasks, steps=(0, 1))
+        >>> [out[m]["loss"][s]["mean"] for m, s in (("a", "0"), ("a", "1"), ("b", "1"))]
+        [4.0, 1.0, 0.0]
+    """
+    steps = tuple(steps)
+    chunk_size = check_chunk_size(chunk_size)
+    missing = [m for m in params if m not in lrs]
+    if missing:
+        raise ValueError(f"`lrs` has no step size for method(s) {missing}; it has {list(lrs)}.")
+    evaluate = jax.jit(lambda p, t, lr: make_evaluator(  # lr traced: compiled once per lr kind
+        loss_fn, steps=steps, lr=lr, has_aux=has_aux)(p, t))
+    table = {}
+    for method, p in params.items():
+        lr = jax.tree.map(jnp.asarray, lrs[method])
+        out = jax.device_get(map_task_chunks(lambda t, p=p, lr=lr: evaluate(p, t, lr), tasks,
+                                             chunk_size=chunk_size, out_axis=1))
+        table[method] = summarize({s: {k: np.asarray(v[i]) for k, v in out.items()}
+                                   for i, s in enumerate(steps)})
+    return table
 
 
 def compare_with_baselines(
@@ -48,6 +106,7 @@ def compare_with_baselines(
     num_steps: int,
     tasks_per_step: int,
     inner_lr: Any,
+    sample_args: tuple = (),
     eval_steps: Sequence[int] = (1, 5, 10),
     val_adapt_steps: int = 1,
     pretrain_steps: int | None = None,
@@ -57,6 +116,7 @@ def compare_with_baselines(
     metric: str = "loss",
     higher_is_better: bool = False,
     steps_per_call: int = 100,
+    unroll: int | bool = 1,
     log_every: int = 100,
     val_every: int | None = None,
     chunk_size: int | None = None,
@@ -77,7 +137,7 @@ def compare_with_baselines(
         name: its name in the results table.
         loss_fn: the task loss.
         init_fn: ``init_fn(key) -> params`` of the learner.
-        sample_train: ``sample(key) -> TaskBatch`` of the meta-training stream.
+        sample_train: ``sample(key, *sample_args) -> TaskBatch`` of the meta-training stream.
         val_tasks: meta-validation tasks (selection of parameters and of baseline step sizes).
         test_tasks: meta-test tasks.
         seed: seeds the initialisation, the scratch baseline and the training stream.
@@ -85,6 +145,8 @@ def compare_with_baselines(
         tasks_per_step: tasks in one meta-batch.
         inner_lr: the meta-learner's inner step size (scalar or pytree); ignored when
             ``learner.adapt_setup`` is defined.
+        sample_args: arrays ``sample_train`` reads (e.g. the training images), passed to the
+            compiled training programs as arguments rather than embedded as constants.
         eval_steps: numbers of adaptation steps reported.
         val_adapt_steps: adaptation steps used for the validation metric during training.
         pretrain_steps: steps of joint pre-training (default: ``num_steps``).
@@ -94,9 +156,12 @@ def compare_with_baselines(
         metric: the metric that selects parameters and step sizes (``loss`` or e.g. ``accuracy``).
         higher_is_better: whether a larger ``metric`` is better.
         steps_per_call: outer steps per compiled call.
+        unroll: unrolling of the steps of one call (see :func:`metajax.make_multi_step`;
+            ``True`` for conv nets on CPU).
         log_every: training-metric logging interval (steps).
         val_every: validation interval (steps); default ``num_steps // 10``.
-        chunk_size: evaluate tasks in chunks of this size (memory bound).
+        chunk_size: evaluate tasks in chunks of this size, one compiled call per chunk
+            (memory bound).
         writer: where ``metrics.jsonl``, ``summary.json`` and checkpoints go (optional). With
             a writer, each training phase checkpoints into ``checkpoints/<method>/`` and
             resumes from there when the run is restarted (``metajax run --resume``).
@@ -108,6 +173,7 @@ def compare_with_baselines(
     multiple of their number, meta-training shards the task axis over all of them.
     """
     t0 = time.perf_counter()
+    chunk_size = check_chunk_size(chunk_size)
     mesh = None
     if jax.device_count() > 1 and tasks_per_step % jax.device_count() == 0:
         mesh = task_mesh()  # several devices: the task axis is sharded over all of them
@@ -120,12 +186,13 @@ def compare_with_baselines(
     report_steps = (0, *[s for s in eval_steps if s > 0])
 
     val_eval = jax.jit(lambda p, t, lr: make_evaluator(
-        loss_fn, steps=(val_adapt_steps,), lr=lr, has_aux=has_aux, chunk_size=chunk_size)(p, t))
+        loss_fn, steps=(val_adapt_steps,), lr=lr, has_aux=has_aux)(p, t))
 
     def validate(meta_params):
         params, lr = (meta_params, inner_lr) if learner.adapt_setup is None else \
             learner.adapt_setup(meta_params)
-        out = jax.device_get(val_eval(params, val_tasks, lr))
+        out = jax.device_get(map_task_chunks(lambda t: val_eval(params, t, lr), val_tasks,
+                                             chunk_size=chunk_size, out_axis=1))
         return {k: float(np.mean(v)) for k, v in out.items()}
 
     def log(method):
@@ -144,18 +211,18 @@ def compare_with_baselines(
         return {"on_record": log(method), "checkpointer": checkpointer,
                 "checkpoint_every": checkpoint_every, "mesh": mesh}
 
+    loop = {"sample_args": sample_args, "steps_per_call": steps_per_call, "unroll": unroll,
+            "log_every": log_every, "progress": progress}
     train = meta_train(learner.step, learner.init(init_params), sample_train, key=train_key,
-                       num_steps=num_steps, tasks_per_step=tasks_per_step,
-                       steps_per_call=steps_per_call, log_every=log_every, validate=validate,
+                       num_steps=num_steps, tasks_per_step=tasks_per_step, validate=validate,
                        val_every=val_every, val_metric=metric, higher_is_better=higher_is_better,
-                       progress=progress, desc=name, **phase(name))
+                       desc=name, **loop, **phase(name))
     t_meta = time.perf_counter() - t0
 
     joint = pretrain(loss_fn, optax.adam(pretrain_lr), has_aux=has_aux)
     pre = meta_train(joint.step, joint.init(init_params), sample_train, key=train_key,
                      num_steps=pretrain_steps or num_steps, tasks_per_step=tasks_per_step,
-                     steps_per_call=steps_per_call, log_every=log_every, progress=progress,
-                     desc="pretrained", **phase("pretrained"))
+                     desc="pretrained", **loop, **phase("pretrained"))
 
     learned, learned_lr = train.best_params, inner_lr
     if learner.adapt_setup is not None:
@@ -168,16 +235,9 @@ def compare_with_baselines(
             loss_fn, params[method], val_tasks, lrs=baseline_lrs, steps=max(eval_steps),
             has_aux=has_aux, metric=metric, higher_is_better=higher_is_better)
 
-    results, all_metrics = {}, {}
-    test_eval = jax.jit(lambda p, t, lr: make_evaluator(  # lr traced: compiled once
-        loss_fn, steps=report_steps, lr=lr, has_aux=has_aux, chunk_size=chunk_size)(p, t))
-    for method, p in params.items():
-        lr = jax.tree.map(jnp.asarray, lrs[method])
-        out = jax.device_get(test_eval(p, test_tasks, lr))
-        per_step = {s: {k: np.asarray(v[i]) for k, v in out.items()}
-                    for i, s in enumerate(report_steps)}
-        all_metrics[method] = summarize(per_step)
-        results[method] = all_metrics[method][metric]
+    all_metrics = evaluate_methods(loss_fn, params, lrs, test_tasks, steps=report_steps,
+                                   has_aux=has_aux, chunk_size=chunk_size)
+    results = {method: table[metric] for method, table in all_metrics.items()}
 
     summary = {
         "metric": metric,
@@ -195,7 +255,7 @@ def compare_with_baselines(
     }
     if writer is not None:
         writer.write("summary.json", summary)
-    return ComparisonResult(summary=summary, params=params, train=train)
+    return ComparisonResult(summary=summary, params=params, train=train, lrs=lrs)
 
 
 def format_table(summary: dict) -> str:
