@@ -1,4 +1,4 @@
-"""Few-shot classification data: Omniglot and mini-ImageNet loaders, and the episode sampler.
+"""Few-shot classification data: Omniglot, mini-ImageNet and digits loaders, episode sampler.
 
 Loaders return :class:`FewShotDataset` splits holding ``uint8 [n_classes, n_examples, H, W, C]``
 arrays; :func:`episodes` turns such an array into a ``TaskBatch`` of N-way K-shot episodes,
@@ -7,6 +7,7 @@ unless :func:`download_omniglot` is called.
 """
 
 from metajax._src.data.dataset import FewShotDataset, FewShotSplits
+from metajax._src.data.digits import digits
 from metajax._src.data.episodes import episodes
 from metajax._src.data.mini_imagenet import mini_imagenet
 from metajax._src.data.omniglot import (
@@ -22,6 +23,7 @@ __all__ = [
     "FewShotDataset",
     "FewShotSplits",
     "OmniglotCharacters",
+    "digits",
     "download_omniglot",
     "episodes",
     "load_omniglot_characters",
