@@ -9,7 +9,14 @@ from metajax._src.comparison import (
     evaluate_methods,
     format_table,
 )
-from metajax._src.fewshot import FewShotConfig, mlp_embedding, run_fewshot
+from metajax._src.fewshot import (
+    FewShotConfig,
+    MetricComparison,
+    compare_metric_learner,
+    evaluate_metric_methods,
+    mlp_embedding,
+    run_fewshot,
+)
 from metajax._src.run_io import RunWriter, read_records, write_json_atomic
 from metajax._src.sinusoid_run import SinusoidConfig, run_sinusoid, sinusoid_mlp
 from metajax._src.sweep import SweepProblem, grid_combinations, sweep_table, vmapped_sweep
@@ -21,13 +28,16 @@ __all__ = [
     "ComparisonResult",
     "FewShotConfig",
     "Interrupted",
+    "MetricComparison",
     "RunWriter",
     "SinusoidConfig",
     "SweepProblem",
     "TrainResult",
     "adam_with_clipping",
+    "compare_metric_learner",
     "compare_with_baselines",
     "evaluate_methods",
+    "evaluate_metric_methods",
     "format_table",
     "grid_combinations",
     "meta_train",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,14 +15,16 @@ import numpy as np
 import optax
 
 from metajax._src import plots
+from metajax._src.chunking import map_task_chunks
 from metajax._src.evaluate import mean_ci95
 from metajax._src.finetune import finetune_head
-from metajax._src.metric import EmbedFn, TaskLossFn, make_episode_evaluator
+from metajax._src.loop import Sampler
+from metajax._src.metric import EmbedFn, TaskLossFn, check_n_way, make_episode_evaluator
 from metajax._src.run_io import RunWriter, read_records
 from metajax._src.tasks.gaussian import gaussian_classes
 from metajax._src.tasks.streams import split_key
-from metajax._src.training import meta_train
-from metajax._src.types import MetaLearner, Params
+from metajax._src.training import TrainResult, meta_train
+from metajax._src.types import MetaLearner, Params, TaskBatch, num_tasks
 from metajax.models import MLP
 
 
@@ -78,7 +81,7 @@ def _mlp_embedding(hidden: tuple[int, ...], embed_dim: int, dim: int):
 
 def _raw_features(params: None, x: jax.Array) -> jax.Array:
     del params
-    return x
+    return x.reshape(x.shape[0], -1)  # images [n, H, W, C] -> [n, H * W * C]
 
 
 @functools.lru_cache(maxsize=16)
@@ -93,23 +96,116 @@ def _finetune_evaluator(embed_fn: EmbedFn, n_way: int, steps: int, scale: float)
     return jax.jit(evaluate)
 
 
+@functools.lru_cache(maxsize=32)
+def _episode_evaluator(task_loss: TaskLossFn):
+    """Jitted ``evaluate(params, tasks)`` of a per-task loss (one per function object)."""
+    return jax.jit(make_episode_evaluator(task_loss))
+
+
 def _summaries(per_task: dict[str, np.ndarray]) -> dict[str, dict[str, dict]]:
     return {name: {"0": mean_ci95(v)._asdict()} for name, v in per_task.items()}
 
 
-def run_fewshot(
-    config: FewShotConfig,
+BASELINE_ROWS = ("baseline++_raw", "baseline++_meta")
+
+
+class MetricComparison(NamedTuple):
+    """What :func:`compare_metric_learner` produced.
+
+    Attributes:
+        summary: the JSON-ready summary (``results``: row -> ``{"0": mean/ci95/n}``).
+        params: ``{name: meta-parameters, "scratch": meta-parameters at a fresh init}``, the
+            parameters the method's head is evaluated with.
+        finetune_lrs: the fine-tuning step size chosen on validation tasks for each
+            Baseline++ row.
+        train: the meta-training :class:`TrainResult`.
+    """
+
+    summary: dict
+    params: dict[str, Params]
+    finetune_lrs: dict[str, float]
+    train: TrainResult
+
+
+def evaluate_metric_methods(
     *,
+    task_loss: TaskLossFn,
+    embed_fn: EmbedFn,
+    n_way: int,
+    params: dict[str, Params],
+    finetune_lrs: dict[str, float],
+    tasks: TaskBatch,
+    head_key: jax.Array,
+    finetune_steps: int,
+    finetune_scale: float,
+    chunk_size: int | None = None,
+) -> dict[str, dict[str, dict[str, dict]]]:
+    """Query metrics of a metric learner's rows on ``tasks``, all on the same episodes.
+
+    Rows: every entry of ``params`` with the method's head (``task_loss``), then
+    ``baseline++_raw`` (a cosine head fine-tuned on the flattened raw inputs) and
+    ``baseline++_meta`` (the same head on the embedding ``params[method]["embed"]`` of the
+    first entry), each at its step size in ``finetune_lrs``.
+
+    Args:
+        task_loss: the method's per-task loss for ``n_way``-way tasks.
+        embed_fn: the embedding.
+        n_way: classes per task of ``tasks``.
+        params: ``{row: meta-parameters}``; the first row is the meta-learned one.
+        finetune_lrs: ``{"baseline++_raw": lr, "baseline++_meta": lr}``.
+        tasks: the episodes.
+        head_key: PRNG key of the Baseline++ heads' initialisation.
+        finetune_steps: SGD steps of each Baseline++ head.
+        finetune_scale: the cosine head's logit scale.
+        chunk_size: episodes per compiled call (memory bound); ``None``: all at once.
+
+    Returns:
+        ``{row: {metric: {"0": {"mean", "ci95", "n"}}}}`` in row order.
+    """
+    evaluate = _episode_evaluator(task_loss)
+    per_task = {row: map_task_chunks(lambda t, p=p: evaluate(p, t), tasks,
+                                     chunk_size=chunk_size) for row, p in params.items()}
+    learned = params[next(iter(params))]["embed"]
+    for row, fn, p in (("baseline++_raw", _raw_features, None),
+                       ("baseline++_meta", embed_fn, learned)):
+        finetuned = _finetune_evaluator(fn, n_way, finetune_steps, finetune_scale)
+        lr = jnp.float32(finetune_lrs[row])
+        per_task[row] = map_task_chunks(lambda t, f=finetuned, p=p, lr=lr: f(p, t, lr, head_key),
+                                        tasks, chunk_size=chunk_size)
+    order = list(per_task)  # device_get would sort the keys; keep the method first
+    per_task = jax.device_get(per_task)
+    return {row: _summaries(per_task[row]) for row in order}
+
+
+def compare_metric_learner(
+    *,
+    learner: MetaLearner,
     name: str,
-    make_learner: Callable[[EmbedFn, optax.GradientTransformation], MetaLearner],
-    make_task_loss: Callable[[EmbedFn], TaskLossFn],
-    out_dir: str | Path | None = None,
+    task_loss: TaskLossFn,
+    embed_fn: EmbedFn,
+    init_fn: Callable[[jax.Array], Params],
+    sample_train: Sampler,
+    val_tasks: TaskBatch,
+    test_tasks: TaskBatch,
+    seed: int,
+    num_steps: int,
+    tasks_per_step: int,
+    n_way: int,
+    sample_args: tuple = (),
+    steps_per_call: int = 250,
+    unroll: int | bool = 1,
+    log_every: int = 250,
+    val_every: int | None = None,
+    finetune_steps: int = 100,
+    finetune_lrs: Sequence[float] = (0.01, 0.1, 1.0),
+    finetune_scale: float = 10.0,
+    chunk_size: int | None = None,
+    writer: RunWriter | None = None,
     progress: bool = True,
-    extra: dict | None = None,
-) -> dict:
+) -> MetricComparison:
     """Meta-trains a metric learner and compares it with baselines on the same test tasks.
 
-    Rows of ``summary["results"]`` (query accuracy, mean ± 95% CI over ``test_tasks`` tasks):
+    Rows of ``summary["results"]`` (query accuracy, mean ± 95% CI over the test tasks):
 
     - ``name``: the meta-learned embedding (parameters with the best validation accuracy) with
       the method's head;
@@ -123,6 +219,108 @@ def run_fewshot(
     meta-validation tasks. The key ``"0"`` in each row is the number of gradient steps on the
     embedding at test time (none for every row; Baseline++ trains only its new head, for
     ``finetune_steps`` steps).
+
+    Args:
+        learner: the metric learner (e.g. :func:`metajax.protonet`); it may train on other
+            episodes (e.g. more classes) than ``task_loss`` evaluates.
+        name: the method's row name.
+        task_loss: the method's per-task loss on ``n_way``-way validation and test tasks.
+        embed_fn: the embedding ``embed_fn(embed_params, x)``.
+        init_fn: ``init_fn(key) -> embed_params``.
+        sample_train: ``sample(key, *sample_args) -> TaskBatch`` of the training stream.
+        val_tasks: meta-validation tasks (parameter and step-size selection).
+        test_tasks: meta-test tasks.
+        seed: seeds the initialisations and the training stream.
+        num_steps: outer steps.
+        tasks_per_step: tasks per outer step.
+        n_way: classes per validation and test task.
+        sample_args: arrays ``sample_train`` reads, passed to the compiled program as
+            arguments.
+        steps_per_call: outer steps per compiled call.
+        unroll: unrolling of those steps (``True`` for conv nets on CPU).
+        log_every: training-metric logging interval.
+        val_every: validation interval (default ``num_steps // 10``).
+        finetune_steps: SGD steps of the Baseline++ heads.
+        finetune_lrs: candidate step sizes of the Baseline++ heads.
+        finetune_scale: the cosine head's logit scale.
+        chunk_size: evaluate this many episodes per compiled call (memory bound).
+        writer: where ``metrics.jsonl`` goes (optional).
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`MetricComparison`.
+    """
+    t0 = time.perf_counter()
+    n_way = check_n_way(n_way)
+    root = jax.random.PRNGKey(seed)
+    evaluate = _episode_evaluator(task_loss)
+
+    def validate(params):
+        out = jax.device_get(map_task_chunks(lambda t: evaluate(params, t), val_tasks,
+                                             chunk_size=chunk_size))
+        return {k: float(np.mean(v)) for k, v in out.items()}
+
+    def on_record(record):
+        if writer is not None:
+            writer.log({"method": name, **record})
+
+    train = meta_train(learner.step, learner.init(init_fn(jax.random.fold_in(root, 1))),
+                       sample_train, key=jax.random.fold_in(split_key(seed, "train"), 0),
+                       num_steps=num_steps, tasks_per_step=tasks_per_step,
+                       sample_args=sample_args, steps_per_call=steps_per_call, unroll=unroll,
+                       log_every=log_every, validate=validate,
+                       val_every=val_every or max(num_steps // 10, 1), val_metric="accuracy",
+                       higher_is_better=True, on_record=on_record, progress=progress, desc=name)
+    t_meta = time.perf_counter() - t0
+
+    scratch = learner.init(init_fn(jax.random.fold_in(root, 2))).params
+    params = {name: train.best_params, "scratch": scratch}
+    head_key = jax.random.fold_in(root, 3)
+    lr_search, chosen = {}, {}
+    for row, fn, p in (("baseline++_raw", _raw_features, None),
+                       ("baseline++_meta", embed_fn, train.best_params["embed"])):
+        finetuned = _finetune_evaluator(fn, n_way, finetune_steps, finetune_scale)
+        scores = {}
+        for lr in finetune_lrs:
+            out = map_task_chunks(lambda t, lr=lr: finetuned(p, t, jnp.float32(lr), head_key),
+                                  val_tasks, chunk_size=chunk_size)
+            scores[lr] = float(np.mean(out["accuracy"]))
+        chosen[row] = max(scores, key=scores.get)
+        lr_search[row] = {"chosen_lr": chosen[row],
+                          "val_accuracy": {str(k): v for k, v in scores.items()}}
+
+    all_metrics = evaluate_metric_methods(
+        task_loss=task_loss, embed_fn=embed_fn, n_way=n_way, params=params,
+        finetune_lrs=chosen, tasks=test_tasks, head_key=head_key,
+        finetune_steps=finetune_steps, finetune_scale=finetune_scale, chunk_size=chunk_size)
+    summary = {
+        "metric": "accuracy",
+        "results": {m: v["accuracy"] for m, v in all_metrics.items()},
+        "all_metrics": all_metrics,
+        "chance": 1.0 / n_way,
+        "finetune": {"head": "cosine", "steps": finetune_steps, "scale": finetune_scale,
+                     "lr_search": lr_search},
+        "best_val_step": train.best_step,
+        "num_test_tasks": num_tasks(test_tasks),
+        "meta_train_seconds": t_meta,
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    return MetricComparison(summary=summary, params=params, finetune_lrs=chosen, train=train)
+
+
+def run_fewshot(
+    config: FewShotConfig,
+    *,
+    name: str,
+    make_learner: Callable[[EmbedFn, optax.GradientTransformation], MetaLearner],
+    make_task_loss: Callable[[EmbedFn], TaskLossFn],
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    extra: dict | None = None,
+) -> dict:
+    """Meta-trains a metric learner on :func:`metajax.tasks.gaussian_classes` episodes and
+    compares it with baselines on the same test tasks (see :func:`compare_metric_learner`
+    for the rows).
 
     Args:
         config: the experiment config.
@@ -142,70 +340,27 @@ def run_fewshot(
     sample = functools.partial(gaussian_classes, n_way=config.n_way, k_shot=config.k_shot,
                                n_query=config.n_query, dim=config.dim,
                                n_informative=config.n_informative)
-    val_tasks = sample(split_key(config.seed, "val"), config.val_tasks)
-    test_tasks = sample(split_key(config.seed, "test"), config.test_tasks)
     embed_fn, init_fn = mlp_embedding(config)
-    root = jax.random.PRNGKey(config.seed)
-    learner = make_learner(embed_fn, optax.adam(config.outer_lr))
-    evaluate = jax.jit(make_episode_evaluator(make_task_loss(embed_fn)))
-
-    def validate(params):
-        out = jax.device_get(evaluate(params, val_tasks))
-        return {k: float(np.mean(v)) for k, v in out.items()}
-
-    def on_record(record):
-        if writer is not None:
-            writer.log({"method": name, **record})
-
-    train = meta_train(learner.step, learner.init(init_fn(jax.random.fold_in(root, 1))),
-                       functools.partial(sample, n_tasks=config.meta_batch),
-                       key=jax.random.fold_in(split_key(config.seed, "train"), 0),
-                       num_steps=config.num_steps, tasks_per_step=config.meta_batch,
-                       steps_per_call=config.steps_per_call, log_every=config.log_every,
-                       validate=validate, val_every=config.val_every, val_metric="accuracy",
-                       higher_is_better=True, on_record=on_record, progress=progress, desc=name)
-    t_meta = time.perf_counter() - t0
-
-    per_task = {name: evaluate(train.best_params, test_tasks)}
-    scratch = learner.init(init_fn(jax.random.fold_in(root, 2))).params
-    per_task["scratch"] = evaluate(scratch, test_tasks)
-
-    head_key = jax.random.fold_in(root, 3)
-    lr_search = {}
-    for row, fn, params in (("baseline++_raw", _raw_features, None),
-                            ("baseline++_meta", embed_fn, train.best_params["embed"])):
-        finetuned = _finetune_evaluator(fn, config.n_way, config.finetune_steps,
-                                        config.finetune_scale)
-        scores = {lr: float(np.mean(finetuned(params, val_tasks, jnp.float32(lr),
-                                              head_key)["accuracy"]))
-                  for lr in config.finetune_lrs}
-        best = max(scores, key=scores.get)
-        lr_search[row] = {"chosen_lr": best, "val_accuracy": {str(k): v for k, v in
-                                                              scores.items()}}
-        per_task[row] = finetuned(params, test_tasks, jnp.float32(best), head_key)
-
-    order = list(per_task)  # device_get would sort the keys; keep the method first
-    per_task = jax.device_get(per_task)
-    all_metrics = {m: _summaries(per_task[m]) for m in order}
-    summary = {
-        "metric": "accuracy",
-        "results": {m: v["accuracy"] for m, v in all_metrics.items()},
-        "all_metrics": all_metrics,
-        "chance": 1.0 / config.n_way,
-        "task": {"n_way": config.n_way, "k_shot": config.k_shot, "n_query": config.n_query,
-                 "dim": config.dim, "n_informative": config.n_informative},
-        "finetune": {"head": "cosine", "steps": config.finetune_steps,
-                     "scale": config.finetune_scale, "lr_search": lr_search},
-        "best_val_step": train.best_step,
-        "num_test_tasks": config.test_tasks,
-        "meta_train_seconds": t_meta,
-        "wall_seconds": time.perf_counter() - t0,
-        **(extra or {}),
-    }
+    result = compare_metric_learner(
+        learner=make_learner(embed_fn, optax.adam(config.outer_lr)), name=name,
+        task_loss=make_task_loss(embed_fn), embed_fn=embed_fn, init_fn=init_fn,
+        sample_train=functools.partial(sample, n_tasks=config.meta_batch),
+        val_tasks=sample(split_key(config.seed, "val"), config.val_tasks),
+        test_tasks=sample(split_key(config.seed, "test"), config.test_tasks),
+        seed=config.seed, num_steps=config.num_steps, tasks_per_step=config.meta_batch,
+        n_way=config.n_way, steps_per_call=config.steps_per_call, log_every=config.log_every,
+        val_every=config.val_every, finetune_steps=config.finetune_steps,
+        finetune_lrs=config.finetune_lrs, finetune_scale=config.finetune_scale, writer=writer,
+        progress=progress)
+    summary = dict(result.summary)
+    summary["task"] = {"n_way": config.n_way, "k_shot": config.k_shot,
+                       "n_query": config.n_query, "dim": config.dim,
+                       "n_informative": config.n_informative}
+    summary["wall_seconds"] = time.perf_counter() - t0
+    summary.update(extra or {})
     if writer is not None:
         writer.write("summary.json", summary)
         plots.plot_learning_curve(read_records(writer.path("metrics.jsonl")),
                                   writer.path("learning_curve.png"), metric="accuracy",
                                   log_scale=False)
     return summary
-
