@@ -141,6 +141,15 @@ def _cmd_run(args) -> int:
         print(f"\nHeld-out query {summary.get('metric', 'loss')} (mean ± 95% CI over "
               f"{summary.get('num_test_tasks', '?')} tasks):")
         print(format_table(summary))
+        cross = summary.get("cross_domain")
+        if isinstance(cross, dict) and "results" in cross:
+            from metajax._src.cross_domain import format_retained
+
+            name = cross.get("dataset", {}).get("name", "other domain")
+            print(f"\nCross-domain ({name}) query {cross.get('metric', 'loss')} (mean ± 95% CI "
+                  f"over {cross.get('num_test_tasks', '?')} tasks):")
+            print(format_table(cross))
+            print(format_retained(cross))
     elif summary is not None:
         print(json.dumps(summary, indent=2, default=str))
     print(f"\nOutputs in {out}", file=sys.stderr)

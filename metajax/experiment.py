@@ -1,4 +1,5 @@
-"""Building blocks of experiments: training driver, baselines, comparison, run outputs, plots."""
+"""Building blocks of experiments: training driver, baselines, comparison, cross-domain
+evaluation, the shared sinusoid / few-shot / Omniglot runs, run outputs, plots."""
 
 from metajax._src import plots
 from metajax._src.baselines import adam_with_clipping, pretrain, select_lr
@@ -9,6 +10,7 @@ from metajax._src.comparison import (
     evaluate_methods,
     format_table,
 )
+from metajax._src.cross_domain import advantage_retained, cross_domain_report, format_retained
 from metajax._src.fewshot import (
     FewShotConfig,
     MetricComparison,
@@ -16,6 +18,17 @@ from metajax._src.fewshot import (
     evaluate_metric_methods,
     mlp_embedding,
     run_fewshot,
+)
+from metajax._src.omniglot_run import (
+    OmniglotConfig,
+    OmniglotGradientConfig,
+    OmniglotMetricConfig,
+    omniglot_conv4,
+    omniglot_loss,
+    omniglot_sampler,
+    omniglot_splits,
+    run_omniglot,
+    run_omniglot_metric,
 )
 from metajax._src.run_io import RunWriter, read_records, write_json_atomic
 from metajax._src.sinusoid_run import SinusoidConfig, run_sinusoid, sinusoid_mlp
@@ -29,23 +42,35 @@ __all__ = [
     "FewShotConfig",
     "Interrupted",
     "MetricComparison",
+    "OmniglotConfig",
+    "OmniglotGradientConfig",
+    "OmniglotMetricConfig",
     "RunWriter",
     "SinusoidConfig",
     "SweepProblem",
     "TrainResult",
     "adam_with_clipping",
+    "advantage_retained",
     "compare_metric_learner",
     "compare_with_baselines",
+    "cross_domain_report",
     "evaluate_methods",
     "evaluate_metric_methods",
+    "format_retained",
     "format_table",
     "grid_combinations",
     "meta_train",
     "mlp_embedding",
+    "omniglot_conv4",
+    "omniglot_loss",
+    "omniglot_sampler",
+    "omniglot_splits",
     "plots",
     "pretrain",
     "read_records",
     "run_fewshot",
+    "run_omniglot",
+    "run_omniglot_metric",
     "run_sinusoid",
     "select_lr",
     "sinusoid_mlp",

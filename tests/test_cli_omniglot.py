@@ -10,8 +10,9 @@ from omniglot_data import SHARED_DATA, shared_omniglot
 from metajax import cli
 
 TINY = ["num_steps=2", "pretrain_steps=2", "meta_batch=2", "n_way=2", "k_shot=1", "n_query=1",
-        "features=4", "test_tasks=6", "val_tasks=2", "eval_steps=1", "val_every=2",
-        "log_every=2", "steps_per_call=2", "baseline_lrs=0.1", "eval_chunk=6"]
+        "eval_n_query=2", "features=4", "test_tasks=6", "val_tasks=2", "eval_steps=1",
+        "val_every=2", "log_every=2", "steps_per_call=2", "baseline_lrs=0.1", "eval_chunk=4",
+        "cross_domain=false"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,9 @@ def test_omniglot_maml_runs_end_to_end(omniglot_cache, tmp_path, monkeypatch, ca
         assert all(cell["n"] == 6 and 0.0 <= cell["mean"] <= 1.0 for cell in row.values())
     assert summary["dataset"]["train"] == {"name": "omniglot/vinyals/train", "classes": 4112}
     assert summary["dataset"]["val"]["classes"] == 688
-    assert summary["episode"] == {"n_way": 2, "k_shot": 1, "n_query": 1}
+    assert summary["episode"] == {"n_way": 2, "k_shot": 1, "n_query": 1, "eval_n_query": 2,
+                                  "train_way": 2}
+    assert "cross_domain" not in summary
     assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "Held-out query accuracy" in printed and "| maml |" in printed
