@@ -118,12 +118,17 @@ class MetricComparison(NamedTuple):
             parameters the method's head is evaluated with.
         finetune_lrs: the fine-tuning step size chosen on validation tasks for each
             Baseline++ row.
+        head_key: the PRNG key of the Baseline++ heads' initialisation.
         train: the meta-training :class:`TrainResult`.
+
+    ``params``, ``finetune_lrs`` and ``head_key`` are what :func:`evaluate_metric_methods`
+    needs to evaluate the same rows on other episodes.
     """
 
     summary: dict
     params: dict[str, Params]
     finetune_lrs: dict[str, float]
+    head_key: jax.Array
     train: TrainResult
 
 
@@ -305,7 +310,8 @@ def compare_metric_learner(
         "meta_train_seconds": t_meta,
         "wall_seconds": time.perf_counter() - t0,
     }
-    return MetricComparison(summary=summary, params=params, finetune_lrs=chosen, train=train)
+    return MetricComparison(summary=summary, params=params, finetune_lrs=chosen,
+                            head_key=head_key, train=train)
 
 
 def run_fewshot(
