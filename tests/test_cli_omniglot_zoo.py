@@ -1,0 +1,142 @@
+"""Every Omniglot experiment of the zoo runs end to end through the CLI (tiny configs, real data).
+
+Each test meta-trains for two steps on a 4-filter Conv4 and checks the run files; one
+gradient-based experiment and the metric one also run the digits cross-domain evaluation.
+The tests skip (with the reason) when the Omniglot data is absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from omniglot_data import SHARED_DATA, shared_omniglot
+
+from metajax import cli
+
+EPISODES = ["n_way=2", "k_shot=1", "n_query=1", "eval_n_query=2", "features=4",
+            "test_tasks=6", "val_tasks=2", "val_every=2", "log_every=2", "steps_per_call=1",
+            "eval_chunk=4", "num_steps=2", "cross_domain_way=2", "cross_domain_tasks=6"]
+GRADIENT = [*EPISODES, "pretrain_steps=2", "meta_batch=2", "eval_steps=1", "baseline_lrs=0.1"]
+TINY = {
+    "omniglot_fomaml": ("fomaml", GRADIENT),
+    "omniglot_anil": ("anil", GRADIENT),
+    "omniglot_metasgd": ("metasgd", GRADIENT),
+    "omniglot_reptile": ("reptile", [*GRADIENT, "inner_steps=2"]),
+}
+CROSS_DOMAIN = {"omniglot_fomaml"}  # the gradient-based experiment that also runs digits
+needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
+                                   reason="the digits cross-domain evaluation needs scikit-learn")
+
+
+@pytest.fixture(scope="module")
+def omniglot_cache(tmp_path_factory):
+    return shared_omniglot(tmp_path_factory)[1]  # skips without the data
+
+
+def _run(name, overrides, out, cache, monkeypatch):
+    monkeypatch.setenv("METAJAX_COMPILATION_CACHE", "")  # no persistent XLA cache from a test
+    overrides = [*overrides, f"data_root={SHARED_DATA}", f"cache_dir={cache}"]
+    assert cli.main(["run", name, "--out", str(out), "--no-progress",
+                     *sum((["--set", s] for s in overrides), [])]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["experiment"] == name and config["config"]["n_way"] == 2
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return records, summary
+
+
+def _check_cross_domain(summary, *, method, rows, steps, baselines):
+    cross = summary["cross_domain"]
+    assert cross["dataset"] == {"name": "digits", "classes": 10, "examples_per_class": 174}
+    assert cross["episode"] == {"n_way": 2, "k_shot": 1, "n_query": 2}
+    assert cross["metric"] == "accuracy" and cross["num_test_tasks"] == 6
+    assert list(cross["results"]) == rows
+    for row in cross["results"].values():
+        assert list(row) == steps
+        assert all(cell["n"] == 6 and 0.0 <= cell["mean"] <= 1.0 for cell in row.values())
+    adv = cross["advantage"]
+    assert adv["method"] == method and adv["baselines"] == baselines
+    assert adv["steps"] == steps[-1] and set(adv["per_step"]) == set(steps)
+    for domain in ("in_domain", "cross_domain"):
+        assert adv[domain]["best_baseline"] in baselines
+        table = summary["results"] if domain == "in_domain" else cross["results"]
+        best = max(table[b][steps[-1]]["mean"] for b in baselines)
+        assert adv[domain]["advantage"] == pytest.approx(table[method][steps[-1]]["mean"] - best)
+    if adv["in_domain"]["advantage"] > 0:
+        assert adv["retained"] == pytest.approx(adv["cross_domain"]["advantage"]
+                                                / adv["in_domain"]["advantage"])
+    else:
+        assert adv["retained"] is None
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_gradient_experiment_runs_end_to_end(name, omniglot_cache, tmp_path, monkeypatch,
+                                             capsys):
+    method, overrides = TINY[name]
+    cross = name in CROSS_DOMAIN
+    if cross and importlib.util.find_spec("sklearn") is None:
+        pytest.skip("the digits cross-domain evaluation needs scikit-learn")
+    out = tmp_path / "run"
+    records, summary = _run(name, [*overrides, f"cross_domain={str(cross).lower()}"], out,
+                            omniglot_cache, monkeypatch)
+    rows = [r for r in records if r["method"] == method]
+    assert [r["step"] for r in rows] == [2]
+    assert 0.0 <= rows[0]["val_accuracy"] <= 1.0
+    assert [r["step"] for r in records if r["method"] == "pretrained"] == [2]
+    assert summary["metric"] == "accuracy" and summary["num_test_tasks"] == 6
+    assert list(summary["results"]) == [method, "pretrained", "scratch"]
+    for row in summary["results"].values():
+        assert list(row) == ["0", "1"]
+        assert all(cell["n"] == 6 and 0.0 <= cell["mean"] <= 1.0 for cell in row.values())
+    assert summary["dataset"]["test"] == {"name": "omniglot/vinyals/test", "classes": 1692}
+    assert summary["episode"] == {"n_way": 2, "k_shot": 1, "n_query": 1, "eval_n_query": 2,
+                                  "train_way": 2}
+    printed = capsys.readouterr().out
+    assert f"| {method} |" in printed
+    if cross:
+        _check_cross_domain(summary, method=method, rows=[method, "pretrained", "scratch"],
+                            steps=["0", "1"], baselines=["pretrained", "scratch"])
+        assert "Cross-domain (digits)" in printed and "in-domain" in printed
+    else:
+        assert "cross_domain" not in summary
+
+
+@needs_sklearn
+def test_protonet_runs_end_to_end_with_cross_domain(omniglot_cache, tmp_path, monkeypatch,
+                                                    capsys):
+    overrides = [*EPISODES, "train_way=3", "meta_batch=1", "finetune_steps=3",
+                 "finetune_lrs=0.1,1.0"]
+    records, summary = _run("omniglot_protonet", overrides, tmp_path / "run", omniglot_cache,
+                            monkeypatch)
+    assert [r["step"] for r in records if r["method"] == "protonet"] == [2]
+    assert summary["metric"] == "accuracy" and summary["num_test_tasks"] == 6
+    rows = ["protonet", "scratch", "baseline++_raw", "baseline++_meta"]
+    assert list(summary["results"]) == rows
+    for row in summary["results"].values():
+        assert list(row) == ["0"] and row["0"]["n"] == 6
+    assert summary["episode"] == {"n_way": 2, "k_shot": 1, "n_query": 1, "eval_n_query": 2,
+                                  "train_way": 3}
+    assert summary["chance"] == 0.5 and summary["options"] == {"distance": "sqeuclidean"}
+    for row in summary["finetune"]["lr_search"].values():
+        assert row["chosen_lr"] in (0.1, 1.0)
+    _check_cross_domain(summary, method="protonet", rows=rows, steps=["0"],
+                        baselines=["scratch", "baseline++_raw"])
+    printed = capsys.readouterr().out
+    assert "| protonet |" in printed and "Cross-domain" in printed
+
+
+def test_bad_cross_domain_way_is_named(omniglot_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("METAJAX_COMPILATION_CACHE", "")
+    with pytest.raises(ValueError, match="`cross_domain_way` must be an int in \\[2, 2\\]"):
+        cli.main(["run", "omniglot_fomaml", "--out", str(tmp_path / "run"), "--no-progress",
+                  "--set", "n_way=2", "--set", "cross_domain_way=5"])
+
+
+def test_zoo_is_listed(capsys):
+    assert cli.main(["list"]) == 0
+    listed = capsys.readouterr().out
+    for name in [*TINY, "omniglot_protonet"]:
+        assert name in listed
