@@ -29,6 +29,7 @@ from jax import lax
 from jax.extend import core as jcore
 
 STRATEGIES = ("auto", "vmap", "conv_per_task")
+MAX_UNROLLED_SCAN = 10  # scans with convolutions of at most this many steps are unrolled
 
 _CALLS = ("pjit", "jit", "closed_call", "core_call")
 _CUSTOM = ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
@@ -430,7 +431,12 @@ def _scan(eqn, vals, bs, n, stats):
         outs = _broadcast_all(outs, out_bs, n)
         return list(outs[:num_carry]), list(outs[num_carry:])
 
-    carry, ys = lax.scan(step, carry, xs, length=params["length"],
-                         reverse=params["reverse"], unroll=params["unroll"])
+    if params["length"] <= MAX_UNROLLED_SCAN:
+        # XLA:CPU runs convolutions inside a loop body several times slower: unroll short scans.
+        carry, ys = lax.scan(step, carry, xs, length=params["length"],
+                             reverse=params["reverse"], unroll=True)
+    else:
+        carry, ys = lax.scan(step, carry, xs, length=params["length"],
+                             reverse=params["reverse"], unroll=params["unroll"])
     ys = [jnp.moveaxis(y, 1, 0) for y in ys]
     return [*carry, *ys], [True] * len(eqn.outvars)

@@ -1,0 +1,322 @@
+"""Conv-net MAML meta-step speed: metajax against a PyTorch task loop and torch.func.vmap.
+
+Omniglot 5-way 1-shot shapes (28x28x1, 15 query images per class), Conv4 (64 filters, batch
+norm with batch statistics, ReLU, 2x2 max-pooling), meta-batch 32, one inner SGD step at
+lr 0.4, outer Adam; second and first order. Random images: speed does not depend on pixels.
+
+Every peer runs in its own fresh subprocess, one after another, in this one invocation
+(peak memory is that subprocess's peak resident set; the thread count is the same for all):
+
+* ``metajax conv4 <strategy>``: ``metajax.maml(..., task_batching=<strategy>)`` with
+  ``metajax.models.Conv4``; ``conv_per_task`` is what ``"auto"`` picks on CPU.
+* ``metajax user-linen``: a user's own Linen conv net (defined below, written the way a user
+  would: ``nn.Conv``/``nn.BatchNorm``/``nn.max_pool``, different widths) with default settings.
+* ``torch loop``: the usual PyTorch MAML, a Python loop over tasks, ``create_graph=True``.
+* ``torch.func vmap``: ``torch.func.vmap`` of ``torch.func.grad`` over the tasks.
+
+Printed per peer: tasks/s, ms per meta-step (median of ``--repeats`` after one warm-up),
+compile time (first call minus a steady step), peak RSS, and ratios against the torch loop.
+``--profile`` adds the metajax meta-step's time by XLA operation kind.
+
+    python benchmarks/conv_task_batching.py                  # full table (several minutes)
+    python benchmarks/conv_task_batching.py --meta-batch 4 --peers "metajax conv4"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+PEERS = ("metajax conv4 conv_per_task", "metajax user-linen", "torch loop", "torch.func vmap",
+         "metajax conv4 vmap")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--meta-batch", type=int, default=32)
+    p.add_argument("--features", type=int, default=64)
+    p.add_argument("--n-way", type=int, default=5)
+    p.add_argument("--k-shot", type=int, default=1)
+    p.add_argument("--n-query", type=int, default=15)
+    p.add_argument("--inner-lr", type=float, default=0.4)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--orders", default="second,first")
+    p.add_argument("--peers", default=",".join(PEERS[:4]),
+                   help=f"comma-separated subset of {PEERS}; 'metajax conv4 vmap' (plain "
+                        "jax.vmap) takes minutes per step at meta-batch 32: add it with "
+                        "--vmap-meta-batch")
+    p.add_argument("--vmap-meta-batch", type=int, default=2,
+                   help="meta-batch for the plain-vmap peer (tasks/s is per task)")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--cpus", default="",
+                   help="pin every peer to these CPUs with taskset (e.g. '0'); sets --threads "
+                        "to their number. PyTorch's OpenMP threads collapse (up to 30x in "
+                        "second order) when another process shares the cores; pinning to a "
+                        "core of one's own avoids that")
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--json", default="", help="also write the rows to this JSON file")
+    p.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    p.add_argument("--order", default="second", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- metajax
+
+
+def _jax_data(args, n_tasks):
+    import jax
+    import jax.numpy as jnp
+
+    import metajax
+    n_s, n_q = args.n_way * args.k_shot, args.n_way * args.n_query
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    support = (jax.random.normal(k1, (n_tasks, n_s, 28, 28, 1)),
+               jnp.tile(jnp.repeat(jnp.arange(args.n_way), args.k_shot), (n_tasks, 1)))
+    query = (jax.random.normal(k2, (n_tasks, n_q, 28, 28, 1)),
+             jnp.tile(jnp.repeat(jnp.arange(args.n_way), args.n_query), (n_tasks, 1)))
+    return metajax.TaskBatch(support, query)
+
+
+def user_linen_net(n_way: int):
+    """A conv net as a user would write it (not metajax's Conv4)."""
+    import flax.linen as nn
+
+    class UserConvNet(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for width in (32, 64, 64, 64):
+                x = nn.Conv(width, (3, 3))(x)
+                x = nn.BatchNorm(use_running_average=False)(x)
+                x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+            return nn.Dense(n_way)(x.reshape(x.shape[0], -1))
+
+    return UserConvNet()
+
+
+def run_metajax(args, model_name: str, strategy: str):
+    import jax
+    import optax
+
+    import metajax
+    from metajax import losses, models
+
+    n_tasks = args.vmap_meta_batch if strategy == "vmap" else args.meta_batch
+    tasks = _jax_data(args, n_tasks)
+    if model_name == "conv4":
+        model = models.Conv4(n_way=args.n_way, features=args.features)
+    else:
+        model = user_linen_net(args.n_way)
+    variables = model.init(jax.random.PRNGKey(1), tasks.support[0][0])
+    loss_fn = losses.cross_entropy(models.linen_apply(model, variables))
+    kwargs = {} if strategy == "auto" else {"task_batching": strategy}
+    learner = metajax.maml(loss_fn, optax.adam(1e-3), inner_steps=1, inner_lr=args.inner_lr,
+                           first_order=args.order == "first", has_aux=True, **kwargs)
+    state = learner.init(variables["params"])
+    step = jax.jit(learner.step)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, tasks).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(state, tasks))
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(state, tasks))
+        times.append(time.perf_counter() - t0)
+    profile = _profile(compiled, state, tasks) if args.profile else None
+    return n_tasks, times, compile_s, profile
+
+
+def _profile(compiled, state, tasks, top: int = 14):
+    """Time of one meta-step by XLA operation kind (fusion names without their numbers)."""
+    import collections
+    import glob
+    import re
+    import tempfile
+
+    import jax
+    from jax.profiler import ProfileData
+
+    with tempfile.TemporaryDirectory() as logdir:
+        with jax.profiler.trace(logdir):
+            jax.block_until_ready(compiled(state, tasks))
+        (path,) = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
+        data = ProfileData.from_file(path)
+    by_kind, counts = collections.Counter(), collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_XLA"):
+                continue
+            for event in line.events:
+                if event.name.startswith(("ThunkExecutor", "end:")):
+                    continue
+                kind = re.sub(r"\.\d+$", "", event.name)
+                by_kind[kind] += event.duration_ns / 1e6
+                counts[kind] += 1
+    total = sum(by_kind.values())
+    return [{"op": k, "ms": round(v, 1), "share": round(v / total, 3), "count": counts[k]}
+            for k, v in by_kind.most_common(top)]
+
+
+# ----------------------------------------------------------------------------- torch
+
+
+def _torch_params(args, torch):
+    g = torch.Generator().manual_seed(0)
+    params, c_in = [], 1
+    for _ in range(4):
+        w = torch.randn(args.features, c_in, 3, 3, generator=g) * (2 / (9 * c_in)) ** 0.5
+        params += [w, torch.zeros(args.features), torch.ones(args.features),
+                   torch.zeros(args.features)]
+        c_in = args.features
+    params += [torch.randn(args.n_way, args.features, generator=g) * 0.01,
+               torch.zeros(args.n_way)]
+    return [p.requires_grad_() for p in params]
+
+
+def _torch_forward(params, x, F):
+    for i in range(4):
+        w, b, gamma, beta = params[4 * i:4 * i + 4]
+        x = F.conv2d(x, w, b, padding=1)
+        x = F.batch_norm(x, None, None, gamma, beta, training=True)
+        x = F.max_pool2d(F.relu(x), 2)
+    return F.linear(x.flatten(1), params[-2], params[-1])
+
+
+def _torch_data(args, torch, n_tasks):
+    g = torch.Generator().manual_seed(0)
+    n_s, n_q = args.n_way * args.k_shot, args.n_way * args.n_query
+    xs = torch.randn(n_tasks, n_s, 1, 28, 28, generator=g)
+    xq = torch.randn(n_tasks, n_q, 1, 28, 28, generator=g)
+    ys = torch.arange(args.n_way).repeat_interleave(args.k_shot).repeat(n_tasks, 1)
+    yq = torch.arange(args.n_way).repeat_interleave(args.n_query).repeat(n_tasks, 1)
+    return xs, ys, xq, yq
+
+
+def run_torch(args, variant: str):
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(args.threads)
+    # Denormal second-order terms otherwise slow the PyTorch peers down by up to 30x on x86;
+    # XLA:CPU flushes denormals to zero by default, so this keeps the comparison fair.
+    torch.set_flush_denormal(True)
+    params = _torch_params(args, torch)
+    opt = torch.optim.Adam(params, lr=1e-3)
+    xs, ys, xq, yq = _torch_data(args, torch, args.meta_batch)
+    second = args.order == "second"
+
+    def loop_step():
+        opt.zero_grad()
+        for t in range(args.meta_batch):
+            loss = F.cross_entropy(_torch_forward(params, xs[t], F), ys[t])
+            grads = torch.autograd.grad(loss, params, create_graph=second)
+            fast = [p - args.inner_lr * g for p, g in zip(params, grads, strict=True)]
+            query_loss = F.cross_entropy(_torch_forward(fast, xq[t], F), yq[t])
+            (query_loss / args.meta_batch).backward()
+        opt.step()
+
+    from torch.func import grad, vmap
+
+    def task_loss(ps, x_s, y_s, x_q, y_q):
+        inner = grad(lambda p: F.cross_entropy(_torch_forward(p, x_s, F), y_s))(ps)
+        if not second:
+            inner = [g.detach() for g in inner]
+        fast = [p - args.inner_lr * g for p, g in zip(ps, inner, strict=True)]
+        return F.cross_entropy(_torch_forward(fast, x_q, F), y_q)
+
+    meta_grad = vmap(grad(task_loss), in_dims=(None, 0, 0, 0, 0))
+
+    def vmap_step():
+        opt.zero_grad()
+        grads = meta_grad([p.detach() for p in params], xs, ys, xq, yq)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.mean(0)
+        opt.step()
+
+    step = loop_step if variant == "loop" else vmap_step
+    step()
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return args.meta_batch, times, 0.0, None
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def worker(args):
+    peer = args.worker
+    if peer.startswith("metajax"):
+        _, model_name, *rest = peer.split()
+        n_tasks, times, compile_s, profile = run_metajax(args, model_name,
+                                                         rest[0] if rest else "auto")
+    else:
+        n_tasks, times, compile_s, profile = run_torch(args, "loop" if "loop" in peer
+                                                       else "vmap")
+    times.sort()
+    step_s = times[len(times) // 2]
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peer": peer, "order": args.order, "meta_batch": n_tasks,
+                      "ms_per_step": 1e3 * step_s, "tasks_per_s": n_tasks / step_s,
+                      "compile_s": max(compile_s, 0.0), "peak_rss_mib": peak_mib,
+                      "profile": profile}))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        return worker(args)
+    if args.cpus:
+        args.threads = len(args.cpus.split(","))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        raise SystemExit(f"--peers: unknown {unknown}; choose from {PEERS}")
+    rows = []
+    print(f"# Conv4 MAML meta-step, {args.n_way}-way {args.k_shot}-shot, {args.n_query} query "
+          f"per class, meta-batch {args.meta_batch}, {args.features} filters, "
+          f"{args.threads} threads")
+    for order in args.orders.split(","):
+        for peer in peers:
+            cmd = [sys.executable, __file__, "--worker", peer, "--order", order,
+                   "--threads", str(args.threads),
+                   *[a for a in (argv if argv is not None else sys.argv[1:])]]
+            if args.cpus:
+                cmd = ["taskset", "-c", args.cpus, *cmd]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"{peer} ({order} order) failed:\n{out.stderr[-2000:]}")
+                continue
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"{order:6s} {peer:28s} {row['tasks_per_s']:7.2f} tasks/s "
+                  f"{row['ms_per_step']:9.0f} ms/step  compile {row['compile_s']:5.1f} s  "
+                  f"peak {row['peak_rss_mib']:6.0f} MiB", flush=True)
+            if row["profile"]:
+                for item in row["profile"]:
+                    print(f"{'':8s}{item['ms']:8.1f} ms {100 * item['share']:5.1f}% "
+                          f"{item['count']:5d}x {item['op']}")
+    print("\n| order | peer | tasks/s | ms/step | compile s | peak MiB | vs torch loop |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        ref = next((r for r in rows if r["order"] == row["order"] and r["peer"] == "torch loop"),
+                   None)
+        ratio = f"{row['tasks_per_s'] / ref['tasks_per_s']:.2f}x" if ref else "-"
+        print(f"| {row['order']} | {row['peer']} (MB {row['meta_batch']}) | "
+              f"{row['tasks_per_s']:.2f} | {row['ms_per_step']:.0f} | {row['compile_s']:.1f} | "
+              f"{row['peak_rss_mib']:.0f} | {ratio} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
