@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -10,6 +11,7 @@ import numpy as np
 import optax
 
 from metajax._src.adapt import LossFn, with_aux
+from metajax._src.chunking import map_task_chunks
 from metajax._src.evaluate import make_evaluator
 from metajax._src.maml import task_metrics
 from metajax._src.outer import gradient_step, init_state, mean_task_gradient
@@ -55,11 +57,24 @@ def select_lr(
     has_aux: bool = False,
     metric: str = "loss",
     higher_is_better: bool = False,
+    chunk_size: int | None = None,
 ) -> tuple[float, dict[float, float]]:
     """Picks the fine-tuning step size of a baseline on meta-validation tasks.
 
     Each candidate adapts every task for ``steps`` SGD steps; the one with the best mean
     query ``metric`` wins. Used so that baselines are compared at their own best step size.
+
+    Args:
+        loss_fn: the task loss.
+        params: where fine-tuning starts.
+        tasks: the validation tasks.
+        lrs: the candidate step sizes.
+        steps: SGD steps per task.
+        has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+        metric: the metric compared.
+        higher_is_better: whether a larger ``metric`` is better.
+        chunk_size: evaluate this many tasks per compiled call (see
+            :func:`metajax.experiment.evaluate_methods`); ``None``: all at once.
 
     Returns:
         ``(best_lr, {lr: mean metric})``.
@@ -67,14 +82,22 @@ def select_lr(
     if not lrs:
         raise ValueError("`lrs` must list at least one candidate learning rate.")
     scores: dict[float, float] = {}
-    evaluate = jax.jit(lambda p, t, lr: make_evaluator(  # lr traced: one compile for all
-        loss_fn, steps=(steps,), lr=lr, has_aux=has_aux)(p, t))
+    evaluate = _lr_evaluator(loss_fn, steps, has_aux)
     for lr in lrs:
-        value = float(np.mean(evaluate(params, tasks, jnp.float32(lr))[metric]))
+        out = map_task_chunks(lambda t, lr=lr: evaluate(params, t, jnp.float32(lr)), tasks,
+                              chunk_size=chunk_size, out_axis=1)
+        value = float(np.mean(out[metric]))
         scores[float(lr)] = value if np.isfinite(value) else (-np.inf if higher_is_better
                                                               else np.inf)
     pick = max if higher_is_better else min
     return pick(scores, key=scores.get), scores
+
+
+@functools.lru_cache(maxsize=16)
+def _lr_evaluator(loss_fn: LossFn, steps: int, has_aux: bool):
+    """Jitted ``evaluate(params, tasks, lr)`` (lr traced), shared by the calls of one loss."""
+    return jax.jit(lambda p, t, lr: make_evaluator(loss_fn, steps=(steps,), lr=lr,
+                                                   has_aux=has_aux)(p, t))
 
 
 

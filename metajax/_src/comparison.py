@@ -233,7 +233,8 @@ def compare_with_baselines(
     for method in ("pretrained", "scratch"):
         lrs[method], lr_scores[method] = select_lr(
             loss_fn, params[method], val_tasks, lrs=baseline_lrs, steps=max(eval_steps),
-            has_aux=has_aux, metric=metric, higher_is_better=higher_is_better)
+            has_aux=has_aux, metric=metric, higher_is_better=higher_is_better,
+            chunk_size=chunk_size)
 
     all_metrics = evaluate_methods(loss_fn, params, lrs, test_tasks, steps=report_steps,
                                    has_aux=has_aux, chunk_size=chunk_size)

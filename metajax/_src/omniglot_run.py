@@ -48,8 +48,11 @@ class OmniglotConfig:
 
     Training episodes have ``k_shot`` support and ``n_query`` query examples per class;
     validation, test and cross-domain episodes ``k_shot`` and ``eval_n_query``. The defaults
-    of ``steps_per_call`` and ``unroll`` suit a CPU, where XLA runs convolutions inside a loop
-    about 10x slower; on a GPU use e.g. ``steps_per_call=100 unroll=false``.
+    of ``steps_per_call``, ``unroll`` and ``eval_chunk`` suit a CPU: XLA:CPU runs convolutions
+    inside a loop about 10x slower, and the CPU task batching (one convolution per task)
+    compiles programs whose size grows with the number of tasks in them, while its speed per
+    task does not depend on it. On a GPU use e.g. ``steps_per_call=100 unroll=false
+    eval_chunk=100``.
     """
 
     seed: int = 0
@@ -71,7 +74,7 @@ class OmniglotConfig:
     log_every: int = 50
     steps_per_call: int = 1
     unroll: bool = True
-    eval_chunk: int = 50
+    eval_chunk: int = 2  # episodes per compiled evaluation call
     cross_domain: bool = True  # also evaluate on digits episodes (needs scikit-learn)
     cross_domain_way: int = 5
     cross_domain_tasks: int = 600
