@@ -17,7 +17,8 @@ queries per class; expect well below the paper. Other settings:
 - 20-way 1-shot: ``--set n_way=20 --set inner_steps=5 --set inner_lr=0.1 --set meta_batch=16``
 - 20-way 5-shot: the same plus ``--set k_shot=5``
 - the paper's scale (GPU): ``--set features=64 --set meta_batch=32 --set num_steps=60000
-  --set pretrain_steps=60000 --set steps_per_call=100 --set unroll=false``
+  --set pretrain_steps=60000 --set steps_per_call=100 --set unroll=false
+  --set eval_chunk=100``
 
 Data, splits, baselines and the digits cross-domain evaluation as in ``omniglot_maml``. The
 baselines fine-tune every layer; only ANIL's own rows adapt the head alone."""

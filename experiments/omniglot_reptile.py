@@ -21,7 +21,7 @@ queries per class; expect well below the paper. Other settings:
 - 20-way 5-shot: the same plus ``--set k_shot=5``
 - closer to the paper (GPU): ``--set features=64 --set n_query=9 --set meta_batch=5
   --set num_steps=100000 --set pretrain_steps=100000 --set steps_per_call=100
-  --set unroll=false`` (10 shots per class in training)
+  --set unroll=false --set eval_chunk=100`` (10 shots per class in training)
 
 Data, splits, baselines and the digits cross-domain evaluation as in ``omniglot_maml``."""
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from metajax._src.types import MetaState, Metrics, TaskBatch
 
@@ -39,10 +40,11 @@ def make_multi_step(
             ``partial(metajax.data.episodes, n_tasks=4, n_way=5, k_shot=1, n_query=15)``
             called with the image array as its one sample argument).
         steps_per_call: number of outer steps per call (static).
-        unroll: unrolling of the ``lax.scan`` over the steps (``True``: fully unrolled, no
-            loop in the program). XLA:CPU runs convolutions inside a loop body on a slow
-            generic path (about 10x slower for a Conv4), so conv nets on CPU train faster with
-            a small ``steps_per_call`` and ``unroll=True``.
+        unroll: unrolling of the ``lax.scan`` over the steps; ``True`` (or at least
+            ``steps_per_call``) traces the steps one after another, leaving no loop in the
+            program. XLA:CPU runs convolutions inside a loop body on a slow generic path
+            (about 5-10x slower for a Conv4), so conv nets on CPU train faster with a small
+            ``steps_per_call`` and ``unroll=True``.
 
     Returns:
         ``multi_step(state, key, *sample_args) -> (state, metrics)`` with metrics stacked over
@@ -63,10 +65,19 @@ def make_multi_step(
     if not isinstance(unroll, (bool, int)) or (not isinstance(unroll, bool) and unroll < 1):
         raise ValueError(f"`unroll` must be a bool or an int >= 1; got {unroll!r}.")
 
+    fully_unrolled = unroll is True or (unroll is not False and unroll >= steps_per_call)
+
     def multi_step(state: MetaState, key: jax.Array, *sample_args: Any):
         def body(state, _):
             return step(state, sample(jax.random.fold_in(key, state.step), *sample_args))
 
+        if fully_unrolled:  # traced step after step: no loop in the program at all
+            # (lax.scan keeps a one-trip while loop for length 1, which XLA does not remove)
+            steps = []
+            for _ in range(steps_per_call):
+                state, metrics = body(state, None)
+                steps.append(metrics)
+            return state, jax.tree.map(lambda *m: jnp.stack(m), *steps)
         return jax.lax.scan(body, state, None, length=steps_per_call, unroll=unroll)
 
     return multi_step
