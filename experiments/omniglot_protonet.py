@@ -8,7 +8,7 @@ shots), one episode per step, Adam 1e-3 halved every 2,000 episodes. It reports 
 1-/5-shot, 20-way 1-/5-shot) 98.8 / 99.7 / 96.0 / 98.9%.
 
 The defaults keep the paper's embedding and 60-way training episodes and are CPU-sized (a
-few minutes on 2 cores): 300 episodes, a constant learning rate, accuracy on 600 5-way
+few minutes on 2 cores): 200 episodes, a constant learning rate, accuracy on 600 5-way
 1-shot test episodes with 15 queries per class. Other settings (``train_way`` stays 60):
 
 - 5-way 5-shot: ``--set k_shot=5``
@@ -38,7 +38,7 @@ class Config(OmniglotMetricConfig):
     """5-way 1-shot tests after 60-way training, CPU-sized (see the module docstring)."""
 
     n_query: int = 5
-    num_steps: int = 300
+    num_steps: int = 200
     meta_batch: int = 1
     features: int = 64
     strided: bool = False
