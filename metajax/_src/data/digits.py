@@ -27,7 +27,8 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     except ImportError as err:
         raise ImportError(
             "metajax.data.digits() reads scikit-learn's bundled digits data set (no download); "
-            "install scikit-learn: pip install scikit-learn") from err
+            "install scikit-learn: pip install scikit-learn (or pip install 'metajax[digits]')"
+        ) from err
     bunch = load_digits()
     return np.asarray(bunch.images, np.float64), np.asarray(bunch.target)
 
