@@ -116,9 +116,8 @@ def _task_vmap(fun: Callable, in_axes: Any, stats: dict) -> Callable:
         closed, out_shape = jax.make_jaxpr(flat_fun, return_shape=True)(*avals)
         outs, out_batched = _eval_jaxpr(closed.jaxpr, closed.consts, flat_args, is_batched, n,
                                         stats)
-        outs = [o if b else jnp.broadcast_to(o, (n, *jnp.shape(o)))
-                for o, b in zip(outs, out_batched, strict=True)]
-        return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
+        return jax.tree.unflatten(jax.tree.structure(out_shape),
+                                  _broadcast_all(outs, out_batched, n))
 
     return batched
 
@@ -235,18 +234,10 @@ def _closed(jaxpr):
 
 
 def _has_conv(jaxpr) -> bool:
-    return _has_conv_cached(jaxpr)
-
-
-@functools.lru_cache(maxsize=4096)
-def _has_conv_cached(jaxpr) -> bool:
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            return True
-        for sub in jcore.jaxprs_in_params(eqn.params):
-            if _has_conv_cached(sub):
-                return True
-    return False
+    """Whether ``jaxpr`` or any jaxpr nested in its equations holds a convolution."""
+    return any(eqn.primitive.name == "conv_general_dilated"
+               or any(map(_has_conv, jcore.jaxprs_in_params(eqn.params)))
+               for eqn in jaxpr.eqns)
 
 
 # --------------------------------------------------------------------------- rules
@@ -418,8 +409,7 @@ def _scan(eqn, vals, bs, n, stats):
     consts, carry, xs = (vals[:num_consts], vals[num_consts:num_consts + num_carry],
                          vals[num_consts + num_carry:])
     c_bs, x_bs = bs[:num_consts], bs[num_consts + num_carry:]
-    carry = [c if b else jnp.broadcast_to(c, (n, *jnp.shape(c)))
-             for c, b in zip(carry, bs[num_consts:num_consts + num_carry], strict=True)]
+    carry = list(_broadcast_all(carry, bs[num_consts:num_consts + num_carry], n))
     # Scanned-over inputs: the task axis goes second so that lax.scan slices axis 0.
     xs = [jnp.moveaxis(x, 0, 1) if b else x for x, b in zip(xs, x_bs, strict=True)]
     body = params["jaxpr"]
