@@ -9,10 +9,16 @@ Every peer runs in its own fresh subprocess, one after another, in this one invo
 
 * ``metajax conv4 <strategy>``: ``metajax.maml(..., task_batching=<strategy>)`` with
   ``metajax.models.Conv4``; ``conv_per_task`` is what ``"auto"`` picks on CPU.
+* ``metajax conv4 conv_per_task xla-defaults``: the same with ``METAJAX_KEEP_XLA_FLAGS=1``,
+  i.e. XLA:CPU's default kernel libraries (convolutions in YNNPACK) instead of metajax's
+  import-time choice (convolutions in Eigen; see ``metajax/_src/xla_flags.py``).
 * ``metajax user-linen``: a user's own Linen conv net (defined below, written the way a user
   would: ``nn.Conv``/``nn.BatchNorm``/``nn.max_pool``, different widths) with default settings.
 * ``torch loop``: the usual PyTorch MAML, a Python loop over tasks, ``create_graph=True``.
 * ``torch.func vmap``: ``torch.func.vmap`` of ``torch.func.grad`` over the tasks.
+
+The metajax peers run with ``track_pre_adaptation=False``: the default also evaluates the query
+loss before adaptation (one more forward pass per task), which the PyTorch peers do not do.
 
 Printed per peer: tasks/s, ms per meta-step (median of ``--repeats`` after one warm-up),
 compile time (first call minus a steady step), peak RSS, and ratios against the torch loop.
@@ -33,7 +39,8 @@ import sys
 import time
 
 PEERS = ("metajax conv4 conv_per_task", "metajax user-linen", "torch loop", "torch.func vmap",
-         "metajax conv4 vmap")
+         "metajax conv4 conv_per_task xla-defaults", "metajax conv4 vmap")
+KEEP_XLA_FLAGS = "xla-defaults"  # peer suffix: run with METAJAX_KEEP_XLA_FLAGS=1
 
 
 def parse_args(argv=None):
@@ -46,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--inner-lr", type=float, default=0.4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--orders", default="second,first")
-    p.add_argument("--peers", default=",".join(PEERS[:4]),
+    p.add_argument("--peers", default=",".join(PEERS[:5]),
                    help=f"comma-separated subset of {PEERS}; 'metajax conv4 vmap' (plain "
                         "jax.vmap) takes minutes per step at meta-batch 32: add it with "
                         "--vmap-meta-batch")
@@ -115,7 +122,8 @@ def run_metajax(args, model_name: str, strategy: str):
     loss_fn = losses.cross_entropy(models.linen_apply(model, variables))
     kwargs = {} if strategy == "auto" else {"task_batching": strategy}
     learner = metajax.maml(loss_fn, optax.adam(1e-3), inner_steps=1, inner_lr=args.inner_lr,
-                           first_order=args.order == "first", has_aux=True, **kwargs)
+                           first_order=args.order == "first", has_aux=True,
+                           track_pre_adaptation=False, **kwargs)
     state = learner.init(variables["params"])
     step = jax.jit(learner.step)
     t0 = time.perf_counter()
@@ -254,7 +262,7 @@ def run_torch(args, variant: str):
 def worker(args):
     peer = args.worker
     if peer.startswith("metajax"):
-        _, model_name, *rest = peer.split()
+        _, model_name, *rest = peer.removesuffix(" " + KEEP_XLA_FLAGS).split()
         n_tasks, times, compile_s, profile = run_metajax(args, model_name,
                                                          rest[0] if rest else "auto")
     else:
@@ -291,13 +299,15 @@ def main(argv=None):
                    *[a for a in (argv if argv is not None else sys.argv[1:])]]
             if args.cpus:
                 cmd = ["taskset", "-c", args.cpus, *cmd]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            peer_env = dict(env, METAJAX_KEEP_XLA_FLAGS="1") if peer.endswith(
+                KEEP_XLA_FLAGS) else env
+            out = subprocess.run(cmd, env=peer_env, capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"{peer} ({order} order) failed:\n{out.stderr[-2000:]}")
                 continue
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)
-            print(f"{order:6s} {peer:28s} {row['tasks_per_s']:7.2f} tasks/s "
+            print(f"{order:6s} {peer:42s} {row['tasks_per_s']:7.2f} tasks/s "
                   f"{row['ms_per_step']:9.0f} ms/step  compile {row['compile_s']:5.1f} s  "
                   f"peak {row['peak_rss_mib']:6.0f} MiB", flush=True)
             if row["profile"]:

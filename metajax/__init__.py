@@ -1,5 +1,9 @@
 """metajax: functional meta-learning in JAX."""
 
+from metajax._src.xla_flags import configure_cpu_fusions as _configure_cpu_fusions
+
+_configure_cpu_fusions()  # before any computation initialises XLA; see metajax/_src/xla_flags.py
+
 from metajax import data, losses, models, tasks
 from metajax._src.adapt import adapt
 from metajax._src.anil import anil
