@@ -102,3 +102,44 @@ def test_sample_args_and_unroll_give_the_same_run():
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
     assert [r["loss"] for r in a.history] == pytest.approx([r["loss"] for r in b.history],
                                                            rel=1e-6)
+
+
+class _Clock:
+    """``time.perf_counter`` plus a settable offset (fake seconds that tests add)."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def perf_counter(self):
+        import time
+
+        return time.perf_counter() + self.offset
+
+
+def test_train_seconds_exclude_validation_and_continue_after_resume(tmp_path, monkeypatch):
+    from metajax._src import training
+    from metajax.experiment import Checkpointer
+
+    clock = _Clock()
+    monkeypatch.setattr(training, "time", clock)
+    learner = _learner()
+
+    def sample(key):  # traced once per compiled chunk: a compile "costs" 50 fake seconds
+        clock.offset += 50.0
+        return SAMPLE(key)
+
+    def validate(params):  # 1000 fake seconds of validation, which must not count
+        clock.offset += 1000.0
+        return {"loss": 0.0}
+
+    ckpt = Checkpointer(tmp_path / "ckpt", config_fingerprint="t")
+    kw = dict(key=jax.random.PRNGKey(0), tasks_per_step=4, steps_per_call=4, log_every=4,
+              validate=validate, val_every=4, checkpointer=ckpt, progress=False)
+    first = meta_train(learner.step, learner.init(INIT), sample, num_steps=8, **kw)
+    seconds = [r["train_seconds"] for r in first.history]
+    assert 50.0 <= seconds[0] < seconds[1] < 100.0  # one compile, no validation time
+    resumed = meta_train(learner.step, learner.init(INIT), sample, num_steps=12, **kw)
+    assert [r["step"] for r in resumed.history] == [4, 8, 12]
+    assert resumed.history[:2] == first.history
+    # Continued from the checkpoint: the resumed run's own compile adds 50 more.
+    assert seconds[1] + 50.0 <= resumed.history[2]["train_seconds"] < seconds[1] + 100.0

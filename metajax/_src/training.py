@@ -30,7 +30,8 @@ class TrainResult(NamedTuple):
         best_params: parameters with the best validation score (the final ones without
             validation).
         best_step: the step at which ``best_params`` were taken.
-        history: the logged records (dicts with ``step`` and metrics), in order.
+        history: the logged records (dicts with ``step``, metrics, ``tasks_per_s`` and
+            ``train_seconds``), in order.
     """
 
     state: MetaState
@@ -124,7 +125,10 @@ def meta_train(
         val_every: run ``validate`` every this many steps (and at the end).
         val_metric: the validation metric that selects ``best_params``.
         higher_is_better: whether a larger ``val_metric`` is better (accuracy).
-        on_record: called with every record (e.g. to append it to ``metrics.jsonl``).
+        on_record: called with every record (e.g. to append it to ``metrics.jsonl``). Every
+            record has ``train_seconds``: the wall time spent training up to its step
+            (compilation included; validation, checkpointing and ``on_record`` excluded),
+            counted across resumptions, for accuracy-versus-time curves.
         checkpointer: where to save and resume from (optional).
         checkpoint_every: checkpoint interval in steps (default ``val_every`` or ``log_every``).
         mesh: shard the task axis of every meta-batch over this device mesh (see
@@ -143,6 +147,7 @@ def meta_train(
     # A host copy: the device buffers of `state` are donated to the first chunk.
     best_params = jax.tree.map(np.array, jax.device_get(state.params))
     best_score, best_step, history = None, int(state.step), []
+    train_seconds = 0.0  # training wall time so far, validation and checkpoints excluded
     if checkpointer is not None:
         template = {"state": state, "best_params": state.params, "key": key}
         found = checkpointer.restore_latest(template)
@@ -154,6 +159,9 @@ def meta_train(
             state = jax.tree.map(jax.numpy.asarray, tree["state"])
             best_params, history = tree["best_params"], list(meta["history"])
             best_score, best_step = meta["best_score"], int(meta["best_step"])
+            # Checkpoints written before train_seconds existed: the last record's, else 0.
+            train_seconds = float(meta.get("train_seconds", history[-1].get(
+                "train_seconds", 0.0) if history else 0.0))
     sample_args = tuple(sample_args)
     if mesh is not None:
         state, sample = replicate(state, mesh), shard_tasks(sample, mesh)
@@ -171,7 +179,7 @@ def meta_train(
     def save(current):
         checkpointer.save(current, {"state": state, "best_params": best_params, "key": key},
                           {"best_score": best_score, "best_step": best_step,
-                           "history": history})
+                           "history": history, "train_seconds": train_seconds})
 
     compiled: dict[int, Callable] = {}
     bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, unit="step",
@@ -181,6 +189,7 @@ def meta_train(
     with _deferred_sigint() as interrupt:
         for target in points:
             while current < target:
+                t_chunk = time.perf_counter()
                 n = min(steps_per_call, target - current)
                 if n not in compiled:
                     compiled[n] = jax.jit(make_multi_step(step, sample, steps_per_call=n,
@@ -197,6 +206,7 @@ def meta_train(
                         f"is kept. Try a smaller inner learning rate or outer learning rate, or "
                         "gradient clipping (optax.clip_by_global_norm).")
                 state = new_state
+                train_seconds += time.perf_counter() - t_chunk
                 chunk_metrics.append({k: np.asarray(v).mean() * n for k, v in metrics.items()})
                 current += n
                 steps_since_log += n
@@ -209,6 +219,7 @@ def meta_train(
                 for name in chunk_metrics[0]:
                     record[name] = float(sum(c[name] for c in chunk_metrics) / steps_since_log)
                 record["tasks_per_s"] = steps_since_log * tasks_per_step / max(elapsed, 1e-9)
+                record["train_seconds"] = train_seconds
                 if current in val_points:
                     val = validate(state.params)
                     record.update({f"val_{k}": float(v) for k, v in val.items()})
