@@ -22,10 +22,15 @@ Data: ``data_root`` (or ``$METAJAX_DATA``) must hold ``omniglot/images_backgroun
 the Vinyals train classes, parameter selection the val classes (accuracy, higher is better),
 and the final table the test classes: mean ± 95% CI over ``test_tasks`` episodes.
 ``split=maml`` trains on the MAML split (1100 + 100 validation characters, random rotations
-per task) instead. The "pretrained" baseline trains jointly on episodes whose labels are
-re-permuted every episode, so it learns little beyond its features: expect numbers near
-or below scratch. ``cross_domain`` (default on, needs scikit-learn) also tests all three on 5-way
-digits episodes (``metajax.data.digits``); see ``summary.json["cross_domain"]``."""
+per task) instead. The pre-trained baselines follow Chen et al. (2019, "A Closer Look at
+Few-shot Classification"): one Conv4 is trained by ordinary minibatch classification over all
+training classes (4112 with the Vinyals split; ``pretrain_steps`` Adam steps on
+``pretrain_batch`` images); ``pretrained`` fine-tunes it whole from a zero head like the other
+rows, and ``baseline`` fits a new linear head on its frozen embedding per episode (reported
+in the most-adapted column); with ``split=maml`` the classes are the characters, each
+minibatch image rotated by a random multiple of 90 degrees. ``cross_domain`` (default on,
+needs scikit-learn) also tests every row on 5-way digits episodes (``metajax.data.digits``);
+see ``summary.json["cross_domain"]``."""
 
 from __future__ import annotations
 

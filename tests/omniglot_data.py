@@ -70,3 +70,29 @@ def write_fake_omniglot(root: Path, *, background=(("Alpha", 2), ("Beta", 1)),
                         zf.writestr(f"{stem}/{alphabet}/character{c:02d}/{c:04d}_{i:02d}.png",
                                     _png(pixels))
     return directory
+
+
+def shared_compilation_cache(tmp_path_factory):
+    """A persistent XLA cache in a temporary directory, shared by the Omniglot CLI tests.
+
+    Their tiny runs compile the same programs (episode samplers, Conv4 inits, baseline
+    evaluators, the classifier pre-training) again and again, and on CPU compiling is most
+    of their time. Generator for a module fixture: yields the directory, then restores the
+    previous cache setting (nothing is written outside the temporary directory).
+    """
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    if "xla_cache" not in _BUILT:
+        _BUILT["xla_cache"] = tmp_path_factory.mktemp("xla_cache")
+    options = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    previous = {name: getattr(jax.config, name) for name in options}
+    jax.config.update(options[0], str(_BUILT["xla_cache"]))
+    jax.config.update(options[1], 0.5)
+    cc.reset_cache()  # whether the cache is used is decided at a process's first compile
+    try:
+        yield _BUILT["xla_cache"]
+    finally:
+        for name, value in previous.items():
+            jax.config.update(name, value)
+        cc.reset_cache()

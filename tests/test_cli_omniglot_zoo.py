@@ -11,14 +11,17 @@ import importlib.util
 import json
 
 import pytest
-from omniglot_data import SHARED_DATA, shared_omniglot
+from omniglot_data import SHARED_DATA, shared_compilation_cache, shared_omniglot
 
 from metajax import cli
 
+# eval_chunk == val_tasks: validation and test chunks share one shape, so one compile each.
 EPISODES = ["n_way=2", "k_shot=1", "n_query=1", "eval_n_query=2", "features=4",
             "test_tasks=6", "val_tasks=2", "val_every=2", "log_every=2", "steps_per_call=1",
-            "eval_chunk=4", "num_steps=2", "cross_domain_way=2", "cross_domain_tasks=6"]
-GRADIENT = [*EPISODES, "pretrain_steps=2", "meta_batch=2", "eval_steps=1", "baseline_lrs=0.1"]
+            "eval_chunk=2", "num_steps=2", "cross_domain_way=2", "cross_domain_tasks=6"]
+GRADIENT = [*EPISODES, "pretrain_steps=2", "pretrain_batch=8", "meta_batch=2", "eval_steps=1",
+            "baseline_lrs=0.1", "baseline_head_lrs=0.1", "baseline_head_steps=5"]
+GRADIENT_ROWS = ["pretrained", "baseline", "scratch"]
 TINY = {
     "omniglot_fomaml": ("fomaml", GRADIENT),
     "omniglot_anil": ("anil", GRADIENT),
@@ -35,6 +38,11 @@ def omniglot_cache(tmp_path_factory):
     return shared_omniglot(tmp_path_factory)[1]  # skips without the data
 
 
+@pytest.fixture(scope="module", autouse=True)
+def xla_cache(tmp_path_factory):
+    yield from shared_compilation_cache(tmp_path_factory)
+
+
 def _run(name, overrides, out, cache, monkeypatch):
     monkeypatch.setenv("METAJAX_COMPILATION_CACHE", "")  # no persistent XLA cache from a test
     overrides = [*overrides, f"data_root={SHARED_DATA}", f"cache_dir={cache}"]
@@ -44,7 +52,8 @@ def _run(name, overrides, out, cache, monkeypatch):
     assert config["experiment"] == name and config["config"]["n_way"] == 2
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
-    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in ("learning_curve.png", "accuracy_vs_time.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return records, summary
 
 
@@ -54,8 +63,8 @@ def _check_cross_domain(summary, *, method, rows, steps, baselines):
     assert cross["episode"] == {"n_way": 2, "k_shot": 1, "n_query": 2}
     assert cross["metric"] == "accuracy" and cross["num_test_tasks"] == 6
     assert list(cross["results"]) == rows
-    for row in cross["results"].values():
-        assert list(row) == steps
+    for name, row in cross["results"].items():
+        assert list(row) == (steps[-1:] if name == "baseline" else steps)
         assert all(cell["n"] == 6 and 0.0 <= cell["mean"] <= 1.0 for cell in row.values())
     adv = cross["advantage"]
     assert adv["method"] == method and adv["baselines"] == baselines
@@ -87,18 +96,19 @@ def test_gradient_experiment_runs_end_to_end(name, omniglot_cache, tmp_path, mon
     assert 0.0 <= rows[0]["val_accuracy"] <= 1.0
     assert [r["step"] for r in records if r["method"] == "pretrained"] == [2]
     assert summary["metric"] == "accuracy" and summary["num_test_tasks"] == 6
-    assert list(summary["results"]) == [method, "pretrained", "scratch"]
-    for row in summary["results"].values():
-        assert list(row) == ["0", "1"]
+    assert list(summary["results"]) == [method, *GRADIENT_ROWS]
+    for row_name, row in summary["results"].items():
+        assert list(row) == (["1"] if row_name == "baseline" else ["0", "1"])
         assert all(cell["n"] == 6 and 0.0 <= cell["mean"] <= 1.0 for cell in row.values())
+    assert summary["baseline"]["pretraining"]["classes"] == 4112
     assert summary["dataset"]["test"] == {"name": "omniglot/vinyals/test", "classes": 1692}
     assert summary["episode"] == {"n_way": 2, "k_shot": 1, "n_query": 1, "eval_n_query": 2,
                                   "train_way": 2}
     printed = capsys.readouterr().out
     assert f"| {method} |" in printed
     if cross:
-        _check_cross_domain(summary, method=method, rows=[method, "pretrained", "scratch"],
-                            steps=["0", "1"], baselines=["pretrained", "scratch"])
+        _check_cross_domain(summary, method=method, rows=[method, *GRADIENT_ROWS],
+                            steps=["0", "1"], baselines=GRADIENT_ROWS)
         assert "Cross-domain (digits)" in printed and "in-domain" in printed
     else:
         assert "cross_domain" not in summary

@@ -56,6 +56,26 @@ def test_only_shared_step_counts_are_compared():
     assert set(out["per_step"]) == {"0", "1"} and out["steps"] == "1"
 
 
+def test_a_baseline_with_one_column_is_compared_where_it_has_cells():
+    """A head-fitting baseline (e.g. Chen et al.'s) reports only the most-adapted column."""
+    one = lambda m: {"1": {"mean": m, "ci95": 0.02, "n": 100}}  # noqa: E731
+    in_domain = {**_table(m=(0.2, 0.9), b=(0.2, 0.5)), "head": one(0.7)}
+    cross = {**_table(m=(0.2, 0.5), b=(0.2, 0.2)), "head": one(0.45)}
+    out = advantage_retained(in_domain, cross, method="m", baselines=["b", "head"])
+    assert out["steps"] == "1" and out["baselines"] == ["b", "head"]
+    assert out["in_domain"]["best_baseline"] == "head"
+    assert out["in_domain"]["advantage"] == pytest.approx(0.2)
+    assert out["cross_domain"]["advantage"] == pytest.approx(0.05)
+    assert out["per_step"]["0"]["in_domain"]["best_baseline"] == "b"  # "head" has no step 0
+    in_domain["head"] = {"0": in_domain["head"]["1"]}  # no column with every row any more
+    cross["head"] = {"0": cross["head"]["1"]}
+    out = advantage_retained(in_domain, cross, method="m", baselines=["b", "head"])
+    assert out["steps"] == "0"
+    in_domain["head"] = cross["head"] = {"5": cross["head"]["0"]}
+    with pytest.raises(ValueError, match="share no step count"):
+        advantage_retained(in_domain, cross, method="m", baselines=["b", "head"])
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"method": "nope", "baselines": ["b"]}, r"`in_domain` has no row\(s\) \['nope'\]"),
     ({"method": "m", "baselines": ["c"]}, r"`cross_domain` has no row\(s\) \['c'\]"),

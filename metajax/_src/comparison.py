@@ -12,7 +12,7 @@ import numpy as np
 import optax
 
 from metajax._src.adapt import LossFn
-from metajax._src.baselines import pretrain, select_lr
+from metajax._src.baselines import _lr_evaluator, pretrain, select_lr
 from metajax._src.chunking import check_chunk_size, map_task_chunks
 from metajax._src.evaluate import make_evaluator, summarize
 from metajax._src.loop import Sampler
@@ -38,6 +38,33 @@ class ComparisonResult(NamedTuple):
     params: dict[str, Params]
     train: TrainResult
     lrs: dict[str, Any] | None = None
+
+
+class Pretraining(NamedTuple):
+    """A pre-training phase for the ``pretrained`` row of :func:`compare_with_baselines`.
+
+    Replaces the default joint training on the episode stream (:func:`pretrain`) with any
+    training that :func:`metajax.experiment.meta_train` can run, e.g. global-label
+    classification (:func:`metajax.experiment.classifier_learner` with
+    :func:`metajax.experiment.minibatch_sampler`), whose head has one unit per training
+    class and so must be replaced before few-shot fine-tuning (``to_init``).
+
+    Attributes:
+        learner: ``init``/``step(state, batch)`` of the pre-training.
+        params: its initial parameters.
+        sample: ``sample(key, *sample_args) -> batch`` for ``learner.step``.
+        sample_args: arrays ``sample`` reads (program arguments, not constants).
+        batch_size: examples per step (for the throughput figure in the records).
+        to_init: ``to_init(pretrained_params) -> params`` where fine-tuning starts (e.g. the
+            pre-trained body with a fresh ``n_way`` head).
+    """
+
+    learner: MetaLearner
+    params: Params
+    sample: Callable
+    sample_args: tuple
+    batch_size: int
+    to_init: Callable[[Params], Params]
 
 
 def evaluate_methods(
@@ -111,6 +138,7 @@ def compare_with_baselines(
     val_adapt_steps: int = 1,
     pretrain_steps: int | None = None,
     pretrain_lr: float = 1e-3,
+    pretraining: Pretraining | None = None,
     baseline_lrs: Sequence[float] = (0.001, 0.003, 0.01, 0.03, 0.1),
     has_aux: bool = False,
     metric: str = "loss",
@@ -151,6 +179,9 @@ def compare_with_baselines(
         val_adapt_steps: adaptation steps used for the validation metric during training.
         pretrain_steps: steps of joint pre-training (default: ``num_steps``).
         pretrain_lr: Adam step size of joint pre-training.
+        pretraining: pre-train the ``pretrained`` row this way instead of jointly on the
+            episode stream (``pretrain_steps`` steps, its own PRNG stream); see
+            :class:`Pretraining`.
         baseline_lrs: candidate fine-tuning step sizes for the baselines.
         has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
         metric: the metric that selects parameters and step sizes (``loss`` or e.g. ``accuracy``).
@@ -185,12 +216,13 @@ def compare_with_baselines(
     eval_steps = tuple(sorted(set(eval_steps)))
     report_steps = (0, *[s for s in eval_steps if s > 0])
 
-    val_eval = jax.jit(lambda p, t, lr: make_evaluator(
-        loss_fn, steps=(val_adapt_steps,), lr=lr, has_aux=has_aux)(p, t))
+    # The evaluator select_lr uses too (one compile when val_adapt_steps == max(eval_steps)).
+    val_eval = _lr_evaluator(loss_fn, val_adapt_steps, has_aux)
 
     def validate(meta_params):
         params, lr = (meta_params, inner_lr) if learner.adapt_setup is None else \
             learner.adapt_setup(meta_params)
+        lr = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), lr)  # as select_lr's
         out = jax.device_get(map_task_chunks(lambda t: val_eval(params, t, lr), val_tasks,
                                              chunk_size=chunk_size, out_axis=1))
         return {k: float(np.mean(v)) for k, v in out.items()}
@@ -219,15 +251,26 @@ def compare_with_baselines(
                        desc=name, **loop, **phase(name))
     t_meta = time.perf_counter() - t0
 
-    joint = pretrain(loss_fn, optax.adam(pretrain_lr), has_aux=has_aux)
-    pre = meta_train(joint.step, joint.init(init_params), sample_train, key=train_key,
-                     num_steps=pretrain_steps or num_steps, tasks_per_step=tasks_per_step,
-                     desc="pretrained", **loop, **phase("pretrained"))
+    if pretraining is None:
+        joint = pretrain(loss_fn, optax.adam(pretrain_lr), has_aux=has_aux)
+        pre = meta_train(joint.step, joint.init(init_params), sample_train, key=train_key,
+                         num_steps=pretrain_steps or num_steps, tasks_per_step=tasks_per_step,
+                         desc="pretrained", **loop, **phase("pretrained"))
+        pretrained_params = pre.state.params
+    else:
+        options = {**loop, **phase("pretrained"), "sample_args": tuple(pretraining.sample_args)}
+        if pretraining.batch_size % jax.device_count():
+            options["mesh"] = None  # the batch axis cannot be split evenly over the devices
+        pre = meta_train(pretraining.learner.step, pretraining.learner.init(pretraining.params),
+                         pretraining.sample, key=jax.random.fold_in(root, 3),
+                         num_steps=pretrain_steps or num_steps,
+                         tasks_per_step=pretraining.batch_size, desc="pretrained", **options)
+        pretrained_params = pretraining.to_init(pre.state.params)
 
     learned, learned_lr = train.best_params, inner_lr
     if learner.adapt_setup is not None:
         learned, learned_lr = learner.adapt_setup(train.best_params)
-    params = {name: learned, "pretrained": pre.state.params, "scratch": scratch_params}
+    params = {name: learned, "pretrained": pretrained_params, "scratch": scratch_params}
     lrs = {name: learned_lr}
     lr_scores = {}
     for method in ("pretrained", "scratch"):
@@ -252,6 +295,9 @@ def compare_with_baselines(
         "best_val_step": train.best_step,
         "num_test_tasks": int(jax.tree.leaves(test_tasks)[0].shape[0]),
         "meta_train_seconds": t_meta,
+        # Training wall time of each phase, validation excluded (see meta_train).
+        "train_seconds": {m: r.history[-1]["train_seconds"] if r.history else 0.0
+                          for m, r in ((name, train), ("pretrained", pre))},
         "wall_seconds": time.perf_counter() - t0,
     }
     if writer is not None:
@@ -260,12 +306,26 @@ def compare_with_baselines(
 
 
 def format_table(summary: dict) -> str:
-    """Renders ``summary["results"]`` as a markdown table (mean ± ci95 per step count)."""
+    """Renders ``summary["results"]`` as a markdown table (mean ± ci95 per step count).
+
+    Columns are every step count of any row, in order of first appearance; a row without a
+    cell in a column shows ``–`` there.
+
+    Example:
+        >>> print(format_table({"results": {"a": {"0": {"mean": 0.5, "ci95": 0.1},
+        ...                                       "1": {"mean": 0.75, "ci95": 0.1}},
+        ...                                 "b": {"1": {"mean": 0.625, "ci95": 0.05}}}}))
+        | method | 0 steps | 1 steps |
+        |---|---|---|
+        | a | 0.500 ± 0.100 | 0.750 ± 0.100 |
+        | b | – | 0.625 ± 0.050 |
+    """
     results = summary["results"]
-    steps = list(next(iter(results.values())).keys())
+    steps = list(dict.fromkeys(s for row in results.values() for s in row))
     lines = ["| method | " + " | ".join(f"{s} steps" for s in steps) + " |",
              "|---" * (len(steps) + 1) + "|"]
     for method, row in results.items():
-        cells = [f"{row[s]['mean']:.3f} ± {row[s]['ci95']:.3f}" for s in steps]
+        cells = [f"{row[s]['mean']:.3f} ± {row[s]['ci95']:.3f}" if s in row else "–"
+                 for s in steps]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

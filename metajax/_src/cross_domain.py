@@ -78,14 +78,17 @@ def advantage_retained(
         missing = [r for r in (method, *baselines) if r not in table]
         if missing:
             raise ValueError(f"`{name}` has no row(s) {missing}; it has {list(table)}.")
-    common = [s for s in _step_keys(in_domain[method]) if s in _step_keys(cross_domain[method])
-              and all(s in in_domain[b] and s in cross_domain[b] for b in baselines)]
+    def present(s):  # the baselines with a cell at step count s in both tables
+        return [b for b in baselines if s in in_domain[b] and s in cross_domain[b]]
+
+    shared = [s for s in _step_keys(in_domain[method]) if s in _step_keys(cross_domain[method])]
+    common = [s for s in shared if len(present(s)) == len(baselines)]
     if not common:
         raise ValueError("`in_domain` and `cross_domain` share no step count for "
                          f"{method!r} and {baselines}.")
     per_step = {}
-    for step in common:
-        options = {"method": method, "baselines": baselines, "step": step,
+    for step in [s for s in shared if present(s)]:
+        options = {"method": method, "baselines": present(step), "step": step,
                    "higher_is_better": higher_is_better}
         a_in = _advantage(in_domain, **options)
         a_cross = _advantage(cross_domain, **options)

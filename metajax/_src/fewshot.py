@@ -85,11 +85,13 @@ def _raw_features(params: None, x: jax.Array) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=16)
-def _finetune_evaluator(embed_fn: EmbedFn, n_way: int, steps: int, scale: float):
-    """Jitted ``evaluate(params, tasks, lr, key)`` of Baseline++ (lr and key traced)."""
+def _finetune_evaluator(embed_fn: EmbedFn, n_way: int, steps: int, scale: float,
+                        head: str = "cosine"):
+    """Jitted ``evaluate(params, tasks, lr, key)`` of Baseline++ (or ``head="linear"``:
+    Baseline) with ``lr`` and ``key`` traced."""
 
     def evaluate(params, tasks, lr, key):
-        task_fn = finetune_head(embed_fn, n_way=n_way, key=key, head="cosine", steps=steps,
+        task_fn = finetune_head(embed_fn, n_way=n_way, key=key, head=head, steps=steps,
                                 lr=lr, scale=scale)
         return make_episode_evaluator(task_fn)(params, tasks)
 

@@ -20,18 +20,26 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from metajax import losses
 from metajax._src import plots
-from metajax._src.comparison import compare_with_baselines, evaluate_methods
+from metajax._src.chunking import map_task_chunks
+from metajax._src.classifier_pretrain import classifier_learner, minibatch_sampler
+from metajax._src.comparison import Pretraining, compare_with_baselines, evaluate_methods
 from metajax._src.cross_domain import cross_domain_report
 from metajax._src.data.dataset import FewShotSplits
 from metajax._src.data.digits import N_CLASSES as DIGIT_CLASSES
 from metajax._src.data.digits import digits
-from metajax._src.data.episodes import episodes
+from metajax._src.data.episodes import _rot90, episodes
 from metajax._src.data.omniglot import omniglot
-from metajax._src.fewshot import compare_metric_learner, evaluate_metric_methods
+from metajax._src.evaluate import mean_ci95
+from metajax._src.fewshot import (
+    _finetune_evaluator,
+    compare_metric_learner,
+    evaluate_metric_methods,
+)
 from metajax._src.metric import EmbedFn, TaskLossFn
 from metajax._src.run_io import RunWriter, read_records
 from metajax._src.tasks.streams import split_key
@@ -85,16 +93,25 @@ class OmniglotGradientConfig(OmniglotConfig):
     """:class:`OmniglotConfig` plus the fields of gradient-based meta-learners and baselines.
 
     The meta-learner adapts with ``inner_steps`` SGD steps of ``inner_lr`` in training and is
-    tested after ``0`` and each of ``eval_steps`` steps. The pretrained baseline trains
-    ``pretrain_steps`` steps on the same episode stream; both baselines fine-tune with the
-    step size from ``baseline_lrs`` that is best on the validation episodes.
+    tested after ``0`` and each of ``eval_steps`` steps. The pre-trained baselines (Chen et
+    al., 2019) share one Conv4 trained by ordinary classification over all training classes
+    (global labels; ``pretrain_steps`` Adam steps of ``pretrain_lr`` on minibatches of
+    ``pretrain_batch`` images): ``pretrained`` fine-tunes it whole from a zero ``n_way``
+    head, and ``scratch`` a fresh Conv4, each with the step size from ``baseline_lrs`` best
+    on the validation episodes; ``baseline`` fits a new linear head on its frozen embedding
+    per episode (``baseline_head_steps`` SGD steps, momentum 0.9, step size from
+    ``baseline_head_lrs`` best on validation).
     """
 
     inner_steps: int = 1
     inner_lr: float = 0.4
     eval_steps: tuple[int, ...] = (1, 3)
     pretrain_steps: int = 600
+    pretrain_batch: int = 64
+    pretrain_lr: float = 1e-3
     baseline_lrs: tuple[float, ...] = (0.01, 0.1, 0.4)
+    baseline_head_steps: int = 100
+    baseline_head_lrs: tuple[float, ...] = (0.01, 0.1, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +174,10 @@ def omniglot_conv4(config: OmniglotConfig, *, head: bool = True
 def _conv4(n_way: int, features: int, strided: bool, head: bool):
     model = Conv4(n_way=n_way, features=features, strided=strided, head=head)
     example = jnp.zeros((2, IMAGE_SIZE, IMAGE_SIZE, 1))
-    init = jax.jit(model.init)
+    # Eager, not jitted: its primitives compile once per process (~4 s) and are then shared
+    # by every Conv4 shape, whereas each jitted init is an XLA compile of its own (2-5 s on
+    # CPU; a run builds three: the n_way, embedding and all-class heads).
+    init = model.init
     apply = linen_apply(model, init(jax.random.PRNGKey(0), example))
 
     def init_fn(key: jax.Array) -> Params:
@@ -235,13 +255,105 @@ def _describe(config: OmniglotConfig, splits: FewShotSplits, *, train_way: int) 
     }
 
 
-def _finish(summary: dict, writer: RunWriter | None) -> dict:
+def _finish(summary: dict, writer: RunWriter | None, *, methods: tuple[str, ...]) -> dict:
+    """Writes ``summary.json``, ``learning_curve.png`` and ``accuracy_vs_time.png`` (the
+    validation accuracy of ``methods`` against their training wall time)."""
     if writer is not None:
         writer.write("summary.json", summary)
-        plots.plot_learning_curve(read_records(writer.path("metrics.jsonl")),
-                                  writer.path("learning_curve.png"), metric="accuracy",
-                                  log_scale=False)
+        records = read_records(writer.path("metrics.jsonl"))
+        plots.plot_learning_curve(records, writer.path("learning_curve.png"),
+                                  metric="accuracy", log_scale=False)
+        plots.plot_metric_vs_time(
+            {m: [r for r in records if r.get("method") == m] for m in methods},
+            writer.path("accuracy_vs_time.png"), metric="val_accuracy",
+            title=f"{summary['episode']['n_way']}-way {summary['episode']['k_shot']}-shot "
+                  "Omniglot, validation episodes")
     return summary
+
+
+def omniglot_classifier_pretraining(config: OmniglotGradientConfig, train_images
+                                    ) -> Pretraining:
+    """Global-label classification of the training classes, for the pre-trained baselines.
+
+    A Conv4 with one head unit per training class (4112 for the Vinyals split, whose classes
+    include the rotations; 1100 characters for ``split="maml"``, each minibatch image then
+    rotated by a random multiple of 90 degrees as augmentation, its label unchanged) is
+    trained with Adam (``pretrain_lr``) on minibatches of ``pretrain_batch`` images, drawn
+    uniformly from all training images and preprocessed like the episodes (strokes 1 on 0).
+    ``to_init`` keeps the body and puts a zero ``n_way`` head on it: the start of
+    whole-network fine-tuning (a zero head treats every class alike, as labels are arbitrary
+    per episode).
+
+    Args:
+        config: the experiment config.
+        train_images: ``[n_classes, n_examples, 28, 28, 1]`` ``uint8`` training images.
+
+    Returns:
+        The :class:`metajax.experiment.Pretraining` for
+        :func:`metajax.experiment.compare_with_baselines`.
+    """
+    for name in ("pretrain_batch", "pretrain_steps", "baseline_head_steps"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
+    if not config.baseline_head_lrs:
+        raise ValueError("`baseline_head_lrs` must list at least one candidate step size.")
+    n_classes, n_examples = train_images.shape[:2]
+    apply, init_fn = _conv4(n_classes, config.features, config.strided, True)
+    rotate = config.split == "maml"
+
+    def transform(key, x):
+        x = 1.0 - x.astype(jnp.float32) / 255.0
+        if rotate:
+            x = jax.vmap(_rot90)(x, jax.random.randint(key, (x.shape[0],), 0, 4))
+        return x
+
+    def to_init(params):
+        features = params["head"]["kernel"].shape[0]
+        return {**params, "head": {"kernel": jnp.zeros((features, config.n_way)),
+                                   "bias": jnp.zeros((config.n_way,))}}
+
+    inputs = jnp.reshape(train_images, (n_classes * n_examples, *train_images.shape[2:]))
+    labels = jnp.repeat(jnp.arange(n_classes, dtype=jnp.int32), n_examples)
+    init = init_fn(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
+    learner = classifier_learner(losses.cross_entropy(apply), optax.adam(config.pretrain_lr),
+                                 has_aux=True)
+    return Pretraining(learner=learner, params=init,
+                       sample=minibatch_sampler(config.pretrain_batch, transform=transform),
+                       sample_args=(inputs, labels), batch_size=config.pretrain_batch,
+                       to_init=to_init)
+
+
+def _body(params: Params) -> Params:
+    return {k: v for k, v in params.items() if k != "head"}
+
+
+def _baseline_row(config: OmniglotGradientConfig, body: Params, tasks: TaskBatch, *,
+                  n_way: int, lr: float, key: jax.Array) -> dict[str, dict]:
+    """Chen et al.'s Baseline on ``tasks``: ``{metric: per-task array}``."""
+    embed_fn, _ = omniglot_conv4(config, head=False)
+    evaluate = _finetune_evaluator(embed_fn, n_way, config.baseline_head_steps, 1.0, "linear")
+    out = map_task_chunks(lambda t: evaluate(body, t, jnp.float32(lr), key), tasks,
+                          chunk_size=config.eval_chunk)
+    return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+
+
+def _with_baseline(table: dict, per_task: dict, column: str) -> dict:
+    """``{row: {metric: {steps: cell}}}`` with the ``baseline`` row after ``pretrained``,
+    its cells in ``column`` only (the most-adapted one)."""
+    cells = {name: {column: mean_ci95(v)._asdict()} for name, v in per_task.items()}
+    return _insert_after(table, "pretrained", "baseline", cells)
+
+
+def _insert_after(table: dict, after: str, key: str, value) -> dict:
+    out = {}
+    for k, v in table.items():
+        out[k] = v
+        if k == after:
+            out[key] = value
+    if key not in out:
+        out[key] = value
+    return out
 
 
 def run_omniglot(
@@ -296,23 +408,47 @@ def run_omniglot(
         seed=config.seed, num_steps=config.num_steps, tasks_per_step=config.meta_batch,
         inner_lr=config.inner_lr, eval_steps=config.eval_steps,
         val_adapt_steps=config.inner_steps, pretrain_steps=config.pretrain_steps,
+        pretraining=omniglot_classifier_pretraining(config, data.train_images),
         baseline_lrs=config.baseline_lrs, has_aux=True, metric="accuracy",
         higher_is_better=True, steps_per_call=config.steps_per_call, unroll=config.unroll,
         log_every=config.log_every, val_every=config.val_every, chunk_size=config.eval_chunk,
         writer=writer, progress=progress)
     summary = dict(result.summary)
+    steps = [int(s) for s in next(iter(summary["results"].values()))]
+    column = str(steps[-1])
+
+    # Chen et al.'s Baseline: a new linear head per episode on the frozen pre-trained body.
+    body = _body(result.params["pretrained"])
+    head_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 4)
+    scores = {}
+    for lr in config.baseline_head_lrs:
+        val = _baseline_row(config, body, data.val, n_way=config.n_way, lr=lr, key=head_key)
+        scores[float(lr)] = float(np.mean(val["accuracy"]))
+    head_lr = max(scores, key=scores.get)
+    test = _baseline_row(config, body, data.test, n_way=config.n_way, lr=head_lr, key=head_key)
+    summary["all_metrics"] = _with_baseline(summary["all_metrics"], test, column)
+    summary["results"] = {m: t["accuracy"] for m, t in summary["all_metrics"].items()}
+    summary["baseline"] = {
+        "pretraining": {"labels": "global", "classes": int(data.train_images.shape[0]),
+                        "steps": config.pretrain_steps, "batch": config.pretrain_batch,
+                        "lr": config.pretrain_lr,
+                        "augment": "random 90-degree rotations" if config.split == "maml"
+                        else None},
+        "head": "linear", "head_steps": config.baseline_head_steps, "head_lr": head_lr,
+        "head_lr_search": {str(k): v for k, v in scores.items()}, "column": column}
     summary.update(_describe(config, data.splits, train_way=config.n_way))
     if data.cross is not None:
-        cross_loss, _ = omniglot_loss(config, n_way=config.cross_domain_way)
-        steps = [int(s) for s in next(iter(summary["results"].values()))]
+        way = config.cross_domain_way
+        cross_loss, _ = omniglot_loss(config, n_way=way)
         table = evaluate_methods(cross_loss, result.params, result.lrs, data.cross, steps=steps,
                                  has_aux=True, chunk_size=config.eval_chunk)
+        cross = _baseline_row(config, body, data.cross, n_way=way, lr=head_lr, key=head_key)
         summary["cross_domain"] = cross_domain_report(
-            summary["results"], table, metric="accuracy", method=name,
-            baselines=("pretrained", "scratch"), **data.cross_info)
+            summary["results"], _with_baseline(table, cross, column), metric="accuracy",
+            method=name, baselines=("pretrained", "baseline", "scratch"), **data.cross_info)
     summary.update(extra or {})
     summary["wall_seconds"] = time.perf_counter() - t0
-    return _finish(summary, writer)
+    return _finish(summary, writer, methods=(name,))
 
 
 def run_omniglot_metric(
@@ -382,4 +518,4 @@ def run_omniglot_metric(
             baselines=("scratch", "baseline++_raw"), **data.cross_info)
     summary.update(extra or {})
     summary["wall_seconds"] = time.perf_counter() - t0
-    return _finish(summary, writer)
+    return _finish(summary, writer, methods=(name,))
