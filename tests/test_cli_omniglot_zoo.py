@@ -101,6 +101,11 @@ def test_gradient_experiment_runs_end_to_end(name, omniglot_cache, tmp_path, mon
         assert list(row) == (["1"] if row_name == "baseline" else ["0", "1"])
         assert all(cell["n"] == 6 and 0.0 <= cell["mean"] <= 1.0 for cell in row.values())
     assert summary["baseline"]["pretraining"]["classes"] == 4112
+    if method == "reptile":  # adapts with its own inner optimizer in validation and test
+        assert summary["adapt_optimizer"] == {"reptile": "own inner optimizer"}
+        assert summary["inner_optimizer"] == "sgd"
+    else:
+        assert "adapt_optimizer" not in summary
     assert summary["dataset"]["test"] == {"name": "omniglot/vinyals/test", "classes": 1692}
     assert summary["episode"] == {"n_way": 2, "k_shot": 1, "n_query": 1, "eval_n_query": 2,
                                   "train_way": 2}

@@ -70,3 +70,22 @@ def test_evaluate_methods_needs_a_step_size_per_method():
     with pytest.raises(ValueError, match=r"`lrs` has no step size for method\(s\) \['b'\]"):
         evaluate_methods(mlp_mse, {"a": mlp_params(), "b": mlp_params()}, {"a": 0.1},
                          regression_tasks(), steps=(0, 1))
+
+
+def test_evaluate_methods_with_a_method_s_own_inner_optimizer():
+    """Reptile-style: a method adapts with its own optimizer (no `lrs` entry needed)."""
+    import optax
+
+    params, tasks = mlp_params(seed=5), regression_tasks(seed=5, n_tasks=4)
+    methods = {"own": params, "sgd": params}
+    sgd = evaluate_methods(mlp_mse, methods, {"sgd": 0.1}, tasks, steps=(0, 3),
+                           inner_opts={"own": optax.sgd(0.1)})
+    assert sgd["own"]["loss"]["3"]["mean"] == pytest.approx(sgd["sgd"]["loss"]["3"]["mean"],
+                                                            rel=1e-5)
+    adam = evaluate_methods(mlp_mse, {"own": params}, {}, tasks, steps=(0, 3),
+                            inner_opts={"own": optax.adam(0.01, b1=0.0)})
+    direct = metajax.evaluate(mlp_mse, params, tasks, steps=(3,),
+                              inner_opt=optax.adam(0.01, b1=0.0))
+    assert adam["own"]["loss"]["3"]["mean"] == pytest.approx(float(direct[3]["loss"].mean()),
+                                                             rel=1e-5)
+    assert adam["own"]["loss"]["3"]["mean"] != pytest.approx(sgd["own"]["loss"]["3"]["mean"])

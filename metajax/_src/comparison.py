@@ -32,12 +32,15 @@ class ComparisonResult(NamedTuple):
         lrs: ``{method: test-time SGD step size}`` (a scalar, or a per-parameter pytree for
             Meta-SGD and ANIL), as used on the test tasks; with ``params``, everything
             :func:`evaluate_methods` needs to evaluate the same methods on other tasks.
+        inner_opts: ``{method: optimizer}`` of the methods that adapt with their own
+            optimizer (the ``inner_opts`` of :func:`evaluate_methods`).
     """
 
     summary: dict
     params: dict[str, Params]
     train: TrainResult
     lrs: dict[str, Any] | None = None
+    inner_opts: dict[str, optax.GradientTransformation] | None = None
 
 
 class Pretraining(NamedTuple):
@@ -76,6 +79,7 @@ def evaluate_methods(
     steps: Sequence[int],
     has_aux: bool = False,
     chunk_size: int | None = None,
+    inner_opts: dict[str, optax.GradientTransformation] | None = None,
 ) -> dict[str, dict[str, dict[str, dict]]]:
     """Adapts every method on the same tasks and summarises its query metrics per step count.
 
@@ -88,6 +92,8 @@ def evaluate_methods(
         has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
         chunk_size: evaluate this many tasks per compiled call (memory bound; see
             :func:`map_task_chunks`); ``None``: all at once.
+        inner_opts: ``{method: Optax optimizer}`` for methods that adapt with an optimizer of
+            their own instead of SGD (e.g. Reptile's Adam); their ``lrs`` entry is ignored.
 
     Returns:
         ``{method: {metric: {str(steps): {"mean", "ci95", "n"}}}}`` (means ± 95% CI over
@@ -105,16 +111,22 @@ def evaluate_methods(
     """
     steps = tuple(steps)
     chunk_size = check_chunk_size(chunk_size)
-    missing = [m for m in params if m not in lrs]
+    inner_opts = dict(inner_opts or {})
+    missing = [m for m in params if m not in lrs and m not in inner_opts]
     if missing:
         raise ValueError(f"`lrs` has no step size for method(s) {missing}; it has {list(lrs)}.")
     evaluate = jax.jit(lambda p, t, lr: make_evaluator(  # lr traced: compiled once per lr kind
         loss_fn, steps=steps, lr=lr, has_aux=has_aux)(p, t))
     table = {}
     for method, p in params.items():
-        lr = jax.tree.map(jnp.asarray, lrs[method])
-        out = jax.device_get(map_task_chunks(lambda t, p=p, lr=lr: evaluate(p, t, lr), tasks,
-                                             chunk_size=chunk_size, out_axis=1))
+        if method in inner_opts:
+            run = jax.jit(make_evaluator(loss_fn, steps=steps, inner_opt=inner_opts[method],
+                                         has_aux=has_aux))
+            chunk = lambda t, p=p, run=run: run(p, t)  # noqa: E731
+        else:
+            lr = jax.tree.map(jnp.asarray, lrs[method])
+            chunk = lambda t, p=p, lr=lr: evaluate(p, t, lr)  # noqa: E731
+        out = jax.device_get(map_task_chunks(chunk, tasks, chunk_size=chunk_size, out_axis=1))
         table[method] = summarize({s: {k: np.asarray(v[i]) for k, v in out.items()}
                                    for i, s in enumerate(steps)})
     return table
@@ -133,6 +145,7 @@ def compare_with_baselines(
     num_steps: int,
     tasks_per_step: int,
     inner_lr: Any,
+    inner_opt: optax.GradientTransformation | None = None,
     sample_args: tuple = (),
     eval_steps: Sequence[int] = (1, 5, 10),
     val_adapt_steps: int = 1,
@@ -173,6 +186,9 @@ def compare_with_baselines(
         tasks_per_step: tasks in one meta-batch.
         inner_lr: the meta-learner's inner step size (scalar or pytree); ignored when
             ``learner.adapt_setup`` is defined.
+        inner_opt: adapt the meta-learner with this Optax optimizer in validation and test
+            instead of SGD at ``inner_lr`` (e.g. Reptile's Adam with beta1 = 0, as in
+            Nichol et al., 2018). The baselines still fine-tune with tuned SGD.
         sample_args: arrays ``sample_train`` reads (e.g. the training images), passed to the
             compiled training programs as arguments rather than embedded as constants.
         eval_steps: numbers of adaptation steps reported.
@@ -218,6 +234,10 @@ def compare_with_baselines(
 
     # The evaluator select_lr uses too (one compile when val_adapt_steps == max(eval_steps)).
     val_eval = _lr_evaluator(loss_fn, val_adapt_steps, has_aux)
+    if inner_opt is not None:
+        own = jax.jit(make_evaluator(loss_fn, steps=(val_adapt_steps,), inner_opt=inner_opt,
+                                     has_aux=has_aux))
+        val_eval = lambda p, t, lr: own(p, t)  # noqa: E731
 
     def validate(meta_params):
         params, lr = (meta_params, inner_lr) if learner.adapt_setup is None else \
@@ -279,8 +299,10 @@ def compare_with_baselines(
             has_aux=has_aux, metric=metric, higher_is_better=higher_is_better,
             chunk_size=chunk_size)
 
+    inner_opts = {name: inner_opt} if inner_opt is not None else {}
     all_metrics = evaluate_methods(loss_fn, params, lrs, test_tasks, steps=report_steps,
-                                   has_aux=has_aux, chunk_size=chunk_size)
+                                   has_aux=has_aux, chunk_size=chunk_size,
+                                   inner_opts=inner_opts)
     results = {method: table[metric] for method, table in all_metrics.items()}
 
     summary = {
@@ -292,6 +314,9 @@ def compare_with_baselines(
                          and np.ndim(v) == 0 else "per-parameter") for m, v in lrs.items()},
         "baseline_lr_search": {m: {str(k): v for k, v in s.items()}
                                for m, s in lr_scores.items()},
+        # Methods adapting with their own optimizer rather than SGD at adapt_lr.
+        **({"adapt_optimizer": {m: "own inner optimizer" for m in inner_opts}}
+           if inner_opts else {}),
         "best_val_step": train.best_step,
         "num_test_tasks": int(jax.tree.leaves(test_tasks)[0].shape[0]),
         "meta_train_seconds": t_meta,
@@ -302,7 +327,8 @@ def compare_with_baselines(
     }
     if writer is not None:
         writer.write("summary.json", summary)
-    return ComparisonResult(summary=summary, params=params, train=train, lrs=lrs)
+    return ComparisonResult(summary=summary, params=params, train=train, lrs=lrs,
+                            inner_opts=inner_opts)
 
 
 def format_table(summary: dict) -> str:

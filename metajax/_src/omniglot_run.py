@@ -361,6 +361,7 @@ def run_omniglot(
     learner: MetaLearner,
     *,
     name: str,
+    inner_opt: optax.GradientTransformation | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
     extra: dict | None = None,
@@ -382,6 +383,8 @@ def run_omniglot(
         config: the experiment config.
         learner: the meta-learner.
         name: its row in the results.
+        inner_opt: adapt the learner with this optimizer in validation and test (and on
+            digits) instead of SGD at ``inner_lr`` (Reptile's Adam); baselines keep SGD.
         out_dir: where ``metrics.jsonl``, ``summary.json``, ``learning_curve.png`` and
             checkpoints go (optional).
         progress: show progress bars.
@@ -406,7 +409,7 @@ def run_omniglot(
         sample_train=functools.partial(sampler, n_tasks=config.meta_batch),
         sample_args=(data.train_images,), val_tasks=data.val, test_tasks=data.test,
         seed=config.seed, num_steps=config.num_steps, tasks_per_step=config.meta_batch,
-        inner_lr=config.inner_lr, eval_steps=config.eval_steps,
+        inner_lr=config.inner_lr, inner_opt=inner_opt, eval_steps=config.eval_steps,
         val_adapt_steps=config.inner_steps, pretrain_steps=config.pretrain_steps,
         pretraining=omniglot_classifier_pretraining(config, data.train_images),
         baseline_lrs=config.baseline_lrs, has_aux=True, metric="accuracy",
@@ -441,7 +444,8 @@ def run_omniglot(
         way = config.cross_domain_way
         cross_loss, _ = omniglot_loss(config, n_way=way)
         table = evaluate_methods(cross_loss, result.params, result.lrs, data.cross, steps=steps,
-                                 has_aux=True, chunk_size=config.eval_chunk)
+                                 has_aux=True, chunk_size=config.eval_chunk,
+                                 inner_opts=result.inner_opts)
         cross = _baseline_row(config, body, data.cross, n_way=way, lr=head_lr, key=head_key)
         summary["cross_domain"] = cross_domain_report(
             summary["results"], _with_baseline(table, cross, column), metric="accuracy",
