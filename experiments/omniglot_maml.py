@@ -5,7 +5,7 @@ The defaults are sized for a 2-core CPU (a few minutes): a strided Conv4 with 32
 episodes. This is a smoke-scale run, not a reproduction: 300 steps of this setup gave
 75.8 ± 1.3% 5-way 1-shot accuracy after one step on 200 test episodes (chance 20%). The
 other ``omniglot_*`` gradient-based experiments default to ``n_query=1 num_steps=2000
-pretrain_steps=2000 val_every=500 log_every=100``; pass those to compare MAML with them.
+val_every=500 log_every=100``; pass those to compare MAML with them.
 Targets (Finn et al., 2017, Table 1; 5-way 1-/5-shot, 20-way 1-/5-shot): 98.7 / 99.9 / 95.8 /
 98.9%, with a Conv4 of 64 filters, one inner step of 0.4 (5-way) or five of 0.1 (20-way),
 meta-batch 32 (5-way) or 16 (20-way), 60k outer steps, one query per class in training.
