@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from metajax._src.adapt import LossFn, with_aux
-from metajax._src.outer import init_state
+from metajax._src.outer import apply_outer_update, init_state
 from metajax._src.training import TrainResult, meta_train
 from metajax._src.types import MetaLearner, MetaState, Params
 
@@ -70,10 +70,7 @@ def classifier_learner(loss_fn: LossFn, opt: optax.GradientTransformation, *,
 
     def step(state: MetaState, batch) -> tuple[MetaState, dict]:
         (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(state.params, batch)
-        updates, opt_state = opt.update(grads, state.opt_state, state.params)
-        new = MetaState(params=optax.apply_updates(state.params, updates),
-                        opt_state=opt_state, step=state.step + 1)
-        return new, {"loss": value, **(aux or {})}
+        return apply_outer_update(opt, state, grads), {"loss": value, **(aux or {})}
 
     return MetaLearner(init=init, step=step)
 

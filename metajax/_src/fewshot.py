@@ -134,6 +134,28 @@ class MetricComparison(NamedTuple):
     train: TrainResult
 
 
+def select_head_lr(embed_fn: EmbedFn, params: Params, tasks: TaskBatch, *, n_way: int,
+                   steps: int, scale: float, lrs: Sequence[float], key: jax.Array,
+                   head: str = "cosine", chunk_size: int | None = None
+                   ) -> tuple[float, dict[float, float]]:
+    """The step size of a head fitted per task on ``embed_fn`` that is best on ``tasks``.
+
+    Each candidate in ``lrs`` fits the head (Baseline++ ``"cosine"`` or Baseline
+    ``"linear"``, ``steps`` steps, initialised from ``key``) on every task's support
+    embeddings; the one with the highest mean query accuracy wins (the first on ties).
+
+    Returns:
+        ``(best_lr, {lr: mean accuracy})``.
+    """
+    evaluate = _finetune_evaluator(embed_fn, n_way, steps, scale, head)
+    scores = {}
+    for lr in lrs:
+        out = map_task_chunks(lambda t, lr=lr: evaluate(params, t, jnp.float32(lr), key),
+                              tasks, chunk_size=chunk_size)
+        scores[float(lr)] = float(np.mean(out["accuracy"]))
+    return max(scores, key=scores.get), scores
+
+
 def evaluate_metric_methods(
     *,
     task_loss: TaskLossFn,
@@ -286,13 +308,9 @@ def compare_metric_learner(
     lr_search, chosen = {}, {}
     for row, fn, p in (("baseline++_raw", _raw_features, None),
                        ("baseline++_meta", embed_fn, train.best_params["embed"])):
-        finetuned = _finetune_evaluator(fn, n_way, finetune_steps, finetune_scale)
-        scores = {}
-        for lr in finetune_lrs:
-            out = map_task_chunks(lambda t, lr=lr: finetuned(p, t, jnp.float32(lr), head_key),
-                                  val_tasks, chunk_size=chunk_size)
-            scores[lr] = float(np.mean(out["accuracy"]))
-        chosen[row] = max(scores, key=scores.get)
+        chosen[row], scores = select_head_lr(
+            fn, p, val_tasks, n_way=n_way, steps=finetune_steps, scale=finetune_scale,
+            lrs=finetune_lrs, key=head_key, chunk_size=chunk_size)
         lr_search[row] = {"chosen_lr": chosen[row],
                           "val_accuracy": {str(k): v for k, v in scores.items()}}
 

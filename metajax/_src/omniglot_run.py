@@ -26,7 +26,7 @@ import optax
 from metajax import losses
 from metajax._src import plots
 from metajax._src.chunking import map_task_chunks
-from metajax._src.classifier_pretrain import classifier_learner, minibatch_sampler
+from metajax._src.classifier_pretrain import _check_int, classifier_learner, minibatch_sampler
 from metajax._src.comparison import Pretraining, compare_with_baselines, evaluate_methods
 from metajax._src.cross_domain import cross_domain_report
 from metajax._src.data.dataset import FewShotSplits
@@ -39,6 +39,7 @@ from metajax._src.fewshot import (
     _finetune_evaluator,
     compare_metric_learner,
     evaluate_metric_methods,
+    select_head_lr,
 )
 from metajax._src.metric import EmbedFn, TaskLossFn
 from metajax._src.run_io import RunWriter, read_records
@@ -293,9 +294,7 @@ def omniglot_classifier_pretraining(config: OmniglotGradientConfig, train_images
         :func:`metajax.experiment.compare_with_baselines`.
     """
     for name in ("pretrain_batch", "pretrain_steps", "baseline_head_steps"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
+        _check_int(name, getattr(config, name), 1)
     if not config.baseline_head_lrs:
         raise ValueError("`baseline_head_lrs` must list at least one candidate step size.")
     n_classes, n_examples = train_images.shape[:2]
@@ -423,11 +422,11 @@ def run_omniglot(
     # Chen et al.'s Baseline: a new linear head per episode on the frozen pre-trained body.
     body = _body(result.params["pretrained"])
     head_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 4)
-    scores = {}
-    for lr in config.baseline_head_lrs:
-        val = _baseline_row(config, body, data.val, n_way=config.n_way, lr=lr, key=head_key)
-        scores[float(lr)] = float(np.mean(val["accuracy"]))
-    head_lr = max(scores, key=scores.get)
+    embed_fn, _ = omniglot_conv4(config, head=False)
+    head_lr, scores = select_head_lr(
+        embed_fn, body, data.val, n_way=config.n_way, steps=config.baseline_head_steps,
+        scale=1.0, lrs=config.baseline_head_lrs, key=head_key, head="linear",
+        chunk_size=config.eval_chunk)
     test = _baseline_row(config, body, data.test, n_way=config.n_way, lr=head_lr, key=head_key)
     summary["all_metrics"] = _with_baseline(summary["all_metrics"], test, column)
     summary["results"] = {m: t["accuracy"] for m, t in summary["all_metrics"].items()}
