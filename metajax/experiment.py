@@ -15,6 +15,7 @@ from metajax._src.comparison import (
     compare_with_baselines,
     evaluate_methods,
     format_table,
+    run_pretraining,
 )
 from metajax._src.cross_domain import advantage_retained, cross_domain_report, format_retained
 from metajax._src.fewshot import (
@@ -83,6 +84,7 @@ __all__ = [
     "run_fewshot",
     "run_omniglot",
     "run_omniglot_metric",
+    "run_pretraining",
     "run_sinusoid",
     "select_lr",
     "sinusoid_mlp",

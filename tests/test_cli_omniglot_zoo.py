@@ -123,12 +123,13 @@ def test_gradient_experiment_runs_end_to_end(name, omniglot_cache, tmp_path, mon
 def test_protonet_runs_end_to_end_with_cross_domain(omniglot_cache, tmp_path, monkeypatch,
                                                     capsys):
     overrides = [*EPISODES, "train_way=3", "meta_batch=1", "finetune_steps=3",
-                 "finetune_lrs=0.1,1.0"]
+                 "finetune_lrs=0.1,1.0", "pretrain_steps=2", "pretrain_batch=8",
+                 "baseline_head_lrs=0.1", "baseline_head_steps=5"]
     records, summary = _run("omniglot_protonet", overrides, tmp_path / "run", omniglot_cache,
                             monkeypatch)
     assert [r["step"] for r in records if r["method"] == "protonet"] == [2]
     assert summary["metric"] == "accuracy" and summary["num_test_tasks"] == 6
-    rows = ["protonet", "scratch", "baseline++_raw", "baseline++_meta"]
+    rows = ["protonet", "scratch", "baseline++_raw", "baseline", "baseline++_meta"]
     assert list(summary["results"]) == rows
     for row in summary["results"].values():
         assert list(row) == ["0"] and row["0"]["n"] == 6
@@ -137,8 +138,12 @@ def test_protonet_runs_end_to_end_with_cross_domain(omniglot_cache, tmp_path, mo
     assert summary["chance"] == 0.5 and summary["options"] == {"distance": "sqeuclidean"}
     for row in summary["finetune"]["lr_search"].values():
         assert row["chosen_lr"] in (0.1, 1.0)
+    # Chen et al.'s Baseline on the globally pre-trained Conv4 (all 4112 training classes).
+    assert summary["baseline"]["pretraining"]["classes"] == 4112
+    assert summary["baseline"]["head_lr"] == 0.1 and summary["baseline"]["column"] == "0"
+    assert [r["step"] for r in records if r["method"] == "pretrained"] == [2]
     _check_cross_domain(summary, method="protonet", rows=rows, steps=["0"],
-                        baselines=["scratch", "baseline++_raw"])
+                        baselines=["scratch", "baseline++_raw", "baseline"])
     printed = capsys.readouterr().out
     assert "| protonet |" in printed and "Cross-domain" in printed
 

@@ -70,6 +70,31 @@ class Pretraining(NamedTuple):
     to_init: Callable[[Params], Params]
 
 
+def run_pretraining(pretraining: Pretraining, *, key: jax.Array, num_steps: int,
+                    **options) -> tuple[Params, TrainResult]:
+    """Runs ``pretraining`` for ``num_steps`` steps from ``key``.
+
+    Args:
+        pretraining: the pre-training phase.
+        key: PRNG key of its batch stream.
+        num_steps: its steps.
+        **options: further :func:`metajax.experiment.meta_train` options (``steps_per_call``,
+            ``unroll``, ``log_every``, ``progress``, ``on_record``, ``checkpointer``, ``mesh``
+            ...); ``sample_args`` is always ``pretraining.sample_args``.
+
+    Returns:
+        ``(pretraining.to_init(trained_params), train_result)``.
+    """
+    options = {**options, "sample_args": tuple(pretraining.sample_args)}
+    if pretraining.batch_size % jax.device_count():
+        options["mesh"] = None  # the batch axis cannot be split evenly over the devices
+    options.setdefault("desc", "pretrained")
+    result = meta_train(pretraining.learner.step, pretraining.learner.init(pretraining.params),
+                        pretraining.sample, key=key, num_steps=num_steps,
+                        tasks_per_step=pretraining.batch_size, **options)
+    return pretraining.to_init(result.state.params), result
+
+
 def evaluate_methods(
     loss_fn: LossFn,
     params: dict[str, Params],
@@ -278,14 +303,9 @@ def compare_with_baselines(
                          desc="pretrained", **loop, **phase("pretrained"))
         pretrained_params = pre.state.params
     else:
-        options = {**loop, **phase("pretrained"), "sample_args": tuple(pretraining.sample_args)}
-        if pretraining.batch_size % jax.device_count():
-            options["mesh"] = None  # the batch axis cannot be split evenly over the devices
-        pre = meta_train(pretraining.learner.step, pretraining.learner.init(pretraining.params),
-                         pretraining.sample, key=jax.random.fold_in(root, 3),
-                         num_steps=pretrain_steps or num_steps,
-                         tasks_per_step=pretraining.batch_size, desc="pretrained", **options)
-        pretrained_params = pretraining.to_init(pre.state.params)
+        pretrained_params, pre = run_pretraining(
+            pretraining, key=jax.random.fold_in(root, 3), num_steps=pretrain_steps or num_steps,
+            **loop, **phase("pretrained"))
 
     learned, learned_lr = train.best_params, inner_lr
     if learner.adapt_setup is not None:

@@ -27,7 +27,12 @@ from metajax import losses
 from metajax._src import plots
 from metajax._src.chunking import map_task_chunks
 from metajax._src.classifier_pretrain import _check_int, classifier_learner, minibatch_sampler
-from metajax._src.comparison import Pretraining, compare_with_baselines, evaluate_methods
+from metajax._src.comparison import (
+    Pretraining,
+    compare_with_baselines,
+    evaluate_methods,
+    run_pretraining,
+)
 from metajax._src.cross_domain import cross_domain_report
 from metajax._src.data.dataset import FewShotSplits
 from metajax._src.data.digits import N_CLASSES as DIGIT_CLASSES
@@ -62,6 +67,12 @@ class OmniglotConfig:
     compiles programs whose size grows with the number of tasks in them, while its speed per
     task does not depend on it. On a GPU use e.g. ``steps_per_call=100 unroll=false
     eval_chunk=100``.
+
+    Every run also reports Chen et al.'s (2019) Baseline: one Conv4 trained by ordinary
+    classification over all training classes (global labels; ``pretrain_steps`` Adam steps of
+    ``pretrain_lr`` on minibatches of ``pretrain_batch`` images), whose frozen embedding gets
+    a new linear head per episode (``baseline_head_steps`` SGD steps, momentum 0.9, step size
+    from ``baseline_head_lrs`` best on the validation episodes).
     """
 
     seed: int = 0
@@ -87,6 +98,12 @@ class OmniglotConfig:
     cross_domain: bool = True  # also evaluate on digits episodes (needs scikit-learn)
     cross_domain_way: int = 5
     cross_domain_tasks: int = 600
+    # Chen et al.'s Baseline (every Omniglot run): a Conv4 pre-trained on global labels.
+    pretrain_steps: int = 6_000  # ~4.7 epochs of the 82k Vinyals training images at batch 64
+    pretrain_batch: int = 64
+    pretrain_lr: float = 1e-3
+    baseline_head_steps: int = 100
+    baseline_head_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,25 +111,16 @@ class OmniglotGradientConfig(OmniglotConfig):
     """:class:`OmniglotConfig` plus the fields of gradient-based meta-learners and baselines.
 
     The meta-learner adapts with ``inner_steps`` SGD steps of ``inner_lr`` in training and is
-    tested after ``0`` and each of ``eval_steps`` steps. The pre-trained baselines (Chen et
-    al., 2019) share one Conv4 trained by ordinary classification over all training classes
-    (global labels; ``pretrain_steps`` Adam steps of ``pretrain_lr`` on minibatches of
-    ``pretrain_batch`` images): ``pretrained`` fine-tunes it whole from a zero ``n_way``
-    head, and ``scratch`` a fresh Conv4, each with the step size from ``baseline_lrs`` best
-    on the validation episodes; ``baseline`` fits a new linear head on its frozen embedding
-    per episode (``baseline_head_steps`` SGD steps, momentum 0.9, step size from
-    ``baseline_head_lrs`` best on validation).
+    tested after ``0`` and each of ``eval_steps`` steps. Besides ``baseline`` (see
+    :class:`OmniglotConfig`), ``pretrained`` fine-tunes the globally pre-trained Conv4 whole
+    from a zero ``n_way`` head, and ``scratch`` a fresh Conv4, each with the step size from
+    ``baseline_lrs`` best on the validation episodes.
     """
 
     inner_steps: int = 1
     inner_lr: float = 0.4
     eval_steps: tuple[int, ...] = (1, 3)
-    pretrain_steps: int = 6_000  # ~4.7 epochs of the 82k Vinyals training images at batch 64
-    pretrain_batch: int = 64
-    pretrain_lr: float = 1e-3
-    baseline_lrs: tuple[float, ...] = (0.01, 0.1, 0.4)
-    baseline_head_steps: int = 100
-    baseline_head_lrs: tuple[float, ...] = (0.01, 0.1, 1.0)
+    baseline_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.4, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +134,7 @@ class OmniglotMetricConfig(OmniglotConfig):
 
     train_way: int = 60
     finetune_steps: int = 100
-    finetune_lrs: tuple[float, ...] = (0.01, 0.1, 1.0)
+    finetune_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
     finetune_scale: float = 10.0
 
 
@@ -272,7 +280,7 @@ def _finish(summary: dict, writer: RunWriter | None, *, methods: tuple[str, ...]
     return summary
 
 
-def omniglot_classifier_pretraining(config: OmniglotGradientConfig, train_images
+def omniglot_classifier_pretraining(config: OmniglotConfig, train_images
                                     ) -> Pretraining:
     """Global-label classification of the training classes, for the pre-trained baselines.
 
@@ -327,7 +335,7 @@ def _body(params: Params) -> Params:
     return {k: v for k, v in params.items() if k != "head"}
 
 
-def _baseline_row(config: OmniglotGradientConfig, body: Params, tasks: TaskBatch, *,
+def _baseline_row(config: OmniglotConfig, body: Params, tasks: TaskBatch, *,
                   n_way: int, lr: float, key: jax.Array) -> dict[str, dict]:
     """Chen et al.'s Baseline on ``tasks``: ``{metric: per-task array}``."""
     embed_fn, _ = omniglot_conv4(config, head=False)
@@ -337,11 +345,42 @@ def _baseline_row(config: OmniglotGradientConfig, body: Params, tasks: TaskBatch
     return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
 
 
-def _with_baseline(table: dict, per_task: dict, column: str) -> dict:
-    """``{row: {metric: {steps: cell}}}`` with the ``baseline`` row after ``pretrained``,
+class _Baseline(NamedTuple):
+    test: dict  # {metric: per-task array} on the test episodes
+    cross: dict | None  # ... on the digits episodes
+    info: dict  # summary["baseline"]
+
+
+def _chen_baseline(config: OmniglotConfig, data: _Episodes, pretrained: Params, *,
+                   column: str) -> _Baseline:
+    """Chen et al.'s Baseline: a new linear head per episode on the frozen pre-trained body
+    (its step size chosen on the validation episodes), on the test and digits episodes."""
+    body = _body(pretrained)
+    head_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 4)
+    embed_fn, _ = omniglot_conv4(config, head=False)
+    head_lr, scores = select_head_lr(
+        embed_fn, body, data.val, n_way=config.n_way, steps=config.baseline_head_steps,
+        scale=1.0, lrs=config.baseline_head_lrs, key=head_key, head="linear",
+        chunk_size=config.eval_chunk)
+    row = functools.partial(_baseline_row, config, body, lr=head_lr, key=head_key)
+    test = row(data.test, n_way=config.n_way)
+    cross = row(data.cross, n_way=config.cross_domain_way) if data.cross is not None else None
+    info = {
+        "pretraining": {"labels": "global", "classes": int(data.train_images.shape[0]),
+                        "steps": config.pretrain_steps, "batch": config.pretrain_batch,
+                        "lr": config.pretrain_lr,
+                        "augment": "random 90-degree rotations" if config.split == "maml"
+                        else None},
+        "head": "linear", "head_steps": config.baseline_head_steps, "head_lr": head_lr,
+        "head_lr_search": {str(k): v for k, v in scores.items()}, "column": column}
+    return _Baseline(test=test, cross=cross, info=info)
+
+
+def _with_baseline(table: dict, per_task: dict, column: str, *, after: str) -> dict:
+    """``{row: {metric: {steps: cell}}}`` with the ``baseline`` row after the row ``after``,
     its cells in ``column`` only (the most-adapted one)."""
     cells = {name: {column: mean_ci95(v)._asdict()} for name, v in per_task.items()}
-    return _insert_after(table, "pretrained", "baseline", cells)
+    return _insert_after(table, after, "baseline", cells)
 
 
 def _insert_after(table: dict, after: str, key: str, value) -> dict:
@@ -419,25 +458,11 @@ def run_omniglot(
     steps = [int(s) for s in next(iter(summary["results"].values()))]
     column = str(steps[-1])
 
-    # Chen et al.'s Baseline: a new linear head per episode on the frozen pre-trained body.
-    body = _body(result.params["pretrained"])
-    head_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 4)
-    embed_fn, _ = omniglot_conv4(config, head=False)
-    head_lr, scores = select_head_lr(
-        embed_fn, body, data.val, n_way=config.n_way, steps=config.baseline_head_steps,
-        scale=1.0, lrs=config.baseline_head_lrs, key=head_key, head="linear",
-        chunk_size=config.eval_chunk)
-    test = _baseline_row(config, body, data.test, n_way=config.n_way, lr=head_lr, key=head_key)
-    summary["all_metrics"] = _with_baseline(summary["all_metrics"], test, column)
+    baseline = _chen_baseline(config, data, result.params["pretrained"], column=column)
+    summary["all_metrics"] = _with_baseline(summary["all_metrics"], baseline.test, column,
+                                            after="pretrained")
     summary["results"] = {m: t["accuracy"] for m, t in summary["all_metrics"].items()}
-    summary["baseline"] = {
-        "pretraining": {"labels": "global", "classes": int(data.train_images.shape[0]),
-                        "steps": config.pretrain_steps, "batch": config.pretrain_batch,
-                        "lr": config.pretrain_lr,
-                        "augment": "random 90-degree rotations" if config.split == "maml"
-                        else None},
-        "head": "linear", "head_steps": config.baseline_head_steps, "head_lr": head_lr,
-        "head_lr_search": {str(k): v for k, v in scores.items()}, "column": column}
+    summary["baseline"] = baseline.info
     summary.update(_describe(config, data.splits, train_way=config.n_way))
     if data.cross is not None:
         way = config.cross_domain_way
@@ -445,9 +470,9 @@ def run_omniglot(
         table = evaluate_methods(cross_loss, result.params, result.lrs, data.cross, steps=steps,
                                  has_aux=True, chunk_size=config.eval_chunk,
                                  inner_opts=result.inner_opts)
-        cross = _baseline_row(config, body, data.cross, n_way=way, lr=head_lr, key=head_key)
         summary["cross_domain"] = cross_domain_report(
-            summary["results"], _with_baseline(table, cross, column), metric="accuracy",
+            summary["results"], _with_baseline(table, baseline.cross, column,
+                                               after="pretrained"), metric="accuracy",
             method=name, baselines=("pretrained", "baseline", "scratch"), **data.cross_info)
     summary.update(extra or {})
     summary["wall_seconds"] = time.perf_counter() - t0
@@ -464,16 +489,20 @@ def run_omniglot_metric(
     progress: bool = True,
     extra: dict | None = None,
 ) -> dict:
-    """Meta-trains a metric learner on Omniglot and compares it with scratch and Baseline++.
+    """Meta-trains a metric learner on Omniglot and compares it with scratch, Baseline++ and
+    Chen et al.'s Baseline.
 
     The embedding is ``omniglot_conv4(config, head=False)``. Training episodes are
     ``train_way``-way with ``n_query`` queries per class; validation (parameter selection by
     accuracy) and test episodes are ``n_way``-way with ``eval_n_query``. The rows are those of
-    :func:`metajax.experiment.compare_metric_learner`: the method, ``scratch`` (its head on a
-    random embedding), ``baseline++_raw`` and ``baseline++_meta``. With ``cross_domain``, every
-    row is evaluated again on digits episodes (same fine-tuning step sizes) and
+    :func:`metajax.experiment.compare_metric_learner` (the method, ``scratch``: its head on a
+    random embedding, ``baseline++_raw`` and ``baseline++_meta``) and ``baseline``: the
+    Conv4 of the same architecture pre-trained on global labels, frozen, with a linear head
+    fitted per episode (as in :func:`run_omniglot`, see :class:`OmniglotConfig`). With
+    ``cross_domain``, every row is evaluated again on digits episodes (same step sizes) and
     ``summary["cross_domain"]`` records how much of the advantage over the best of
-    ``scratch`` and ``baseline++_raw`` (the rows that learn nothing across tasks) survives.
+    ``scratch``, ``baseline++_raw`` and ``baseline`` (the rows that meta-learn nothing)
+    survives.
 
     Args:
         config: the experiment config.
@@ -509,6 +538,25 @@ def run_omniglot_metric(
         finetune_lrs=config.finetune_lrs, chunk_size=config.eval_chunk, writer=writer,
         progress=progress, **finetune)
     summary = dict(result.summary)
+    # The globally pre-trained Conv4 of the gradient runs (same seed, same key: the same
+    # network for the same architecture), for Chen et al.'s Baseline.
+    t_pre = time.perf_counter()
+    pretrained, pre = run_pretraining(
+        omniglot_classifier_pretraining(config, data.train_images),
+        key=jax.random.fold_in(jax.random.PRNGKey(config.seed), 3),
+        num_steps=config.pretrain_steps, steps_per_call=config.steps_per_call,
+        unroll=config.unroll, log_every=config.log_every, progress=progress,
+        on_record=(lambda r: writer.log({"method": "pretrained", **r})) if writer else None)
+    column = next(iter(summary["results"][name]))
+    baseline = _chen_baseline(config, data, pretrained, column=column)
+    summary["all_metrics"] = _with_baseline(summary["all_metrics"], baseline.test, column,
+                                            after="baseline++_raw")
+    summary["results"] = {m: t["accuracy"] for m, t in summary["all_metrics"].items()}
+    summary["baseline"] = baseline.info
+    summary["train_seconds"] = {
+        name: result.train.history[-1]["train_seconds"] if result.train.history else 0.0,
+        "pretrained": pre.history[-1]["train_seconds"] if pre.history else 0.0}
+    summary["baseline_seconds"] = time.perf_counter() - t_pre
     summary.update(_describe(config, data.splits, train_way=config.train_way))
     if data.cross is not None:
         way = config.cross_domain_way
@@ -517,8 +565,10 @@ def run_omniglot_metric(
             params=result.params, finetune_lrs=result.finetune_lrs, tasks=data.cross,
             head_key=result.head_key, chunk_size=config.eval_chunk, **finetune)
         summary["cross_domain"] = cross_domain_report(
-            summary["results"], table, metric="accuracy", method=name,
-            baselines=("scratch", "baseline++_raw"), **data.cross_info)
+            summary["results"], _with_baseline(table, baseline.cross, column,
+                                               after="baseline++_raw"),
+            metric="accuracy", method=name, baselines=("scratch", "baseline++_raw", "baseline"),
+            **data.cross_info)
     summary.update(extra or {})
     summary["wall_seconds"] = time.perf_counter() - t0
     return _finish(summary, writer, methods=(name,))
