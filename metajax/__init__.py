@@ -1,8 +1,10 @@
 """metajax: functional meta-learning in JAX."""
 
+from metajax._src.heap import configure_heap as _configure_heap
 from metajax._src.xla_flags import configure_cpu_fusions as _configure_cpu_fusions
 
 _configure_cpu_fusions()  # before any computation initialises XLA; see metajax/_src/xla_flags.py
+_configure_heap()  # per-call XLA buffers reused from the heap; see metajax/_src/heap.py
 
 from metajax import data, losses, models, tasks
 from metajax._src.adapt import adapt
