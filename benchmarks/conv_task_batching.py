@@ -12,6 +12,12 @@ Every peer runs in its own fresh subprocess, one after another, in this one invo
 * ``metajax conv4 conv_per_task xla-defaults``: the same with ``METAJAX_KEEP_XLA_FLAGS=1``,
   i.e. XLA:CPU's default kernel libraries (convolutions in YNNPACK) instead of metajax's
   import-time choice (convolutions in Eigen; see ``metajax/_src/xla_flags.py``).
+* ``metajax conv4 conv_per_task malloc-defaults``: the same with ``METAJAX_KEEP_MALLOC=1``,
+  i.e. glibc's default malloc settings instead of metajax's import-time ones (per-call XLA
+  scratch buffers then are fresh mappings, page-faulted in every call; see
+  ``metajax/_src/heap.py``).
+* ``torch loop heap-tuned``: the torch loop with metajax's malloc settings given to glibc
+  (``GLIBC_TUNABLES``), to check that the PyTorch peer does not gain from them too.
 * ``metajax user-linen``: a user's own Linen conv net (defined below, written the way a user
   would: ``nn.Conv``/``nn.BatchNorm``/``nn.max_pool``, different widths) with default settings.
 * ``torch loop``: the usual PyTorch MAML, a Python loop over tasks, ``create_graph=True``.
@@ -39,8 +45,16 @@ import sys
 import time
 
 PEERS = ("metajax conv4 conv_per_task", "metajax user-linen", "torch loop", "torch.func vmap",
-         "metajax conv4 conv_per_task xla-defaults", "metajax conv4 vmap")
-KEEP_XLA_FLAGS = "xla-defaults"  # peer suffix: run with METAJAX_KEEP_XLA_FLAGS=1
+         "metajax conv4 conv_per_task xla-defaults", "metajax conv4 conv_per_task malloc-defaults",
+         "torch loop heap-tuned", "metajax conv4 vmap")
+# glibc malloc settings equal to metajax's import-time ones (metajax/_src/heap.py).
+HEAP_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=2147483647:"
+                 "glibc.malloc.trim_threshold=2147483647")
+SUFFIX_ENV = {  # peer-name suffix: environment of that peer's subprocess
+    "xla-defaults": {"METAJAX_KEEP_XLA_FLAGS": "1"},
+    "malloc-defaults": {"METAJAX_KEEP_MALLOC": "1"},
+    "heap-tuned": {"GLIBC_TUNABLES": HEAP_TUNABLES},
+}
 
 
 def parse_args(argv=None):
@@ -53,7 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--inner-lr", type=float, default=0.4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--orders", default="second,first")
-    p.add_argument("--peers", default=",".join(PEERS[:5]),
+    p.add_argument("--peers", default=",".join(PEERS[:7]),
                    help=f"comma-separated subset of {PEERS}; 'metajax conv4 vmap' (plain "
                         "jax.vmap) takes minutes per step at meta-batch 32: add it with "
                         "--vmap-meta-batch")
@@ -262,7 +276,8 @@ def run_torch(args, variant: str):
 def worker(args):
     peer = args.worker
     if peer.startswith("metajax"):
-        _, model_name, *rest = peer.removesuffix(" " + KEEP_XLA_FLAGS).split()
+        _, model_name, *rest = peer.split()
+        rest = [r for r in rest if r not in SUFFIX_ENV]
         n_tasks, times, compile_s, profile = run_metajax(args, model_name,
                                                          rest[0] if rest else "auto")
     else:
@@ -299,8 +314,7 @@ def main(argv=None):
                    *[a for a in (argv if argv is not None else sys.argv[1:])]]
             if args.cpus:
                 cmd = ["taskset", "-c", args.cpus, *cmd]
-            peer_env = dict(env, METAJAX_KEEP_XLA_FLAGS="1") if peer.endswith(
-                KEEP_XLA_FLAGS) else env
+            peer_env = dict(env, **SUFFIX_ENV.get(peer.split()[-1], {}))
             out = subprocess.run(cmd, env=peer_env, capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"{peer} ({order} order) failed:\n{out.stderr[-2000:]}")

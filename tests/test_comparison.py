@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,3 +91,39 @@ def test_evaluate_methods_with_a_method_s_own_inner_optimizer():
     assert adam["own"]["loss"]["3"]["mean"] == pytest.approx(float(direct[3]["loss"].mean()),
                                                              rel=1e-5)
     assert adam["own"]["loss"]["3"]["mean"] != pytest.approx(sgd["own"]["loss"]["3"]["mean"])
+
+
+def test_a_cached_pretraining_trains_once_and_restores_bit_exactly(tmp_path):
+    from metajax.experiment import (
+        OmniglotGradientConfig,
+        omniglot_classifier_pretraining,
+        run_pretraining,
+    )
+
+    images = jax.random.randint(jax.random.PRNGKey(0), (6, 3, 28, 28, 1), 0, 256, jnp.int32)
+    images = images.astype(jnp.uint8)
+    config = OmniglotGradientConfig(features=4, n_way=2, pretrain_steps=4, pretrain_batch=5,
+                                    pretrain_cache=str(tmp_path))
+
+    def pretrain(config):
+        records = []
+        params, result = run_pretraining(omniglot_classifier_pretraining(config, images),
+                                         key=jax.random.PRNGKey(3), num_steps=4, log_every=2,
+                                         steps_per_call=2, on_record=records.append,
+                                         progress=False)
+        return params, result, records
+
+    first, first_result, first_records = pretrain(config)
+    assert [r["step"] for r in first_records] == [2, 4]  # trained
+    (folder,) = tmp_path.iterdir()
+    second, second_result, second_records = pretrain(config)
+    assert second_records == []  # restored, not trained again
+    assert second_result.history == first_result.history
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert first["head"]["kernel"].shape == (4, 2)  # to_init's zero n_way head
+    # Another pre-training has a cache entry of its own.
+    for change in ({"features": 3}, {"seed": 1}, {"pretrain_lr": 0.1}, {"split": "maml"}):
+        other = omniglot_classifier_pretraining(dataclasses.replace(config, **change), images)
+        assert other.checkpointer.directory.parent == tmp_path
+        assert other.checkpointer.directory != folder

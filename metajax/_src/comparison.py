@@ -13,6 +13,7 @@ import optax
 
 from metajax._src.adapt import LossFn
 from metajax._src.baselines import _lr_evaluator, pretrain, select_lr
+from metajax._src.checkpoint import Checkpointer
 from metajax._src.chunking import check_chunk_size, map_task_chunks
 from metajax._src.evaluate import make_evaluator, summarize
 from metajax._src.loop import Sampler
@@ -60,6 +61,9 @@ class Pretraining(NamedTuple):
         batch_size: examples per step (for the throughput figure in the records).
         to_init: ``to_init(pretrained_params) -> params`` where fine-tuning starts (e.g. the
             pre-trained body with a fresh ``n_way`` head).
+        checkpointer: where this pre-training is saved and resumed from, instead of the
+            run's own ``pretrained`` checkpoints: e.g. a cache shared by every run with the
+            same pre-training, which then trains it once (optional).
     """
 
     learner: MetaLearner
@@ -68,6 +72,7 @@ class Pretraining(NamedTuple):
     sample_args: tuple
     batch_size: int
     to_init: Callable[[Params], Params]
+    checkpointer: Checkpointer | None = None
 
 
 def run_pretraining(pretraining: Pretraining, *, key: jax.Array, num_steps: int,
@@ -80,12 +85,15 @@ def run_pretraining(pretraining: Pretraining, *, key: jax.Array, num_steps: int,
         num_steps: its steps.
         **options: further :func:`metajax.experiment.meta_train` options (``steps_per_call``,
             ``unroll``, ``log_every``, ``progress``, ``on_record``, ``checkpointer``, ``mesh``
-            ...); ``sample_args`` is always ``pretraining.sample_args``.
+            ...); ``sample_args`` is always ``pretraining.sample_args``, and
+            ``pretraining.checkpointer``, if set, replaces ``checkpointer``.
 
     Returns:
         ``(pretraining.to_init(trained_params), train_result)``.
     """
     options = {**options, "sample_args": tuple(pretraining.sample_args)}
+    if pretraining.checkpointer is not None:
+        options["checkpointer"] = pretraining.checkpointer
     if pretraining.batch_size % jax.device_count():
         options["mesh"] = None  # the batch axis cannot be split evenly over the devices
     options.setdefault("desc", "pretrained")

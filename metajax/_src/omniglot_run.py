@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ import optax
 
 from metajax import losses
 from metajax._src import plots
+from metajax._src.checkpoint import Checkpointer, fingerprint
 from metajax._src.chunking import map_task_chunks
 from metajax._src.classifier_pretrain import _check_int, classifier_learner, minibatch_sampler
 from metajax._src.comparison import (
@@ -72,7 +74,11 @@ class OmniglotConfig:
     classification over all training classes (global labels; ``pretrain_steps`` Adam steps of
     ``pretrain_lr`` on minibatches of ``pretrain_batch`` images), whose frozen embedding gets
     a new linear head per episode (``baseline_head_steps`` SGD steps, momentum 0.9, step size
-    from ``baseline_head_lrs`` best on the validation episodes).
+    from ``baseline_head_lrs`` best on the validation episodes). With ``pretrain_cache`` set,
+    that network is checkpointed in a subfolder of it named by a fingerprint of everything
+    it depends on (seed, split, class count, architecture, pre-training options), so runs that
+    share it (e.g. every 5-way 1-shot method, or every ProtoNet setting) train it once; a run
+    finding it there restores it bit-exactly, including its training history.
     """
 
     seed: int = 0
@@ -104,6 +110,7 @@ class OmniglotConfig:
     pretrain_lr: float = 1e-3
     baseline_head_steps: int = 100
     baseline_head_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    pretrain_cache: str = ""  # keep the pre-trained Conv4 here for reuse; "" = train every run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,6 +327,16 @@ def omniglot_classifier_pretraining(config: OmniglotConfig, train_images
         return {**params, "head": {"kernel": jnp.zeros((features, config.n_way)),
                                    "bias": jnp.zeros((config.n_way,))}}
 
+    checkpointer = None
+    if config.pretrain_cache:
+        spec = {"what": "omniglot global-label Conv4", "seed": config.seed,
+                "split": config.split, "classes": int(n_classes), "examples": int(n_examples),
+                "features": config.features, "strided": config.strided,
+                "steps": config.pretrain_steps, "batch": config.pretrain_batch,
+                "lr": config.pretrain_lr}
+        key = fingerprint(json.dumps(spec, sort_keys=True))
+        checkpointer = Checkpointer(Path(config.pretrain_cache) / f"conv4-{key}",
+                                    config_fingerprint=key, keep=1)
     inputs = jnp.reshape(train_images, (n_classes * n_examples, *train_images.shape[2:]))
     labels = jnp.repeat(jnp.arange(n_classes, dtype=jnp.int32), n_examples)
     init = init_fn(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
@@ -328,7 +345,7 @@ def omniglot_classifier_pretraining(config: OmniglotConfig, train_images
     return Pretraining(learner=learner, params=init,
                        sample=minibatch_sampler(config.pretrain_batch, transform=transform),
                        sample_args=(inputs, labels), batch_size=config.pretrain_batch,
-                       to_init=to_init)
+                       to_init=to_init, checkpointer=checkpointer)
 
 
 def _body(params: Params) -> Params:
