@@ -82,7 +82,7 @@ def select_lr(
     if not lrs:
         raise ValueError("`lrs` must list at least one candidate learning rate.")
     scores: dict[float, float] = {}
-    evaluate = _lr_evaluator(loss_fn, steps, has_aux)
+    evaluate = lr_evaluator(loss_fn, steps, has_aux)
     for lr in lrs:
         out = map_task_chunks(lambda t, lr=lr: evaluate(params, t, jnp.float32(lr)), tasks,
                               chunk_size=chunk_size, out_axis=1)
@@ -94,7 +94,7 @@ def select_lr(
 
 
 @functools.lru_cache(maxsize=16)
-def _lr_evaluator(loss_fn: LossFn, steps: int, has_aux: bool):
+def lr_evaluator(loss_fn: LossFn, steps: int, has_aux: bool):
     """Jitted ``evaluate(params, tasks, lr)`` (lr traced), shared by the calls of one loss."""
     return jax.jit(lambda p, t, lr: make_evaluator(loss_fn, steps=(steps,), lr=lr,
                                                    has_aux=has_aux)(p, t))

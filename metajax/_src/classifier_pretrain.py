@@ -23,18 +23,13 @@ import numpy as np
 import optax
 
 from metajax._src.adapt import LossFn, with_aux
+from metajax._src.checks import check_int
 from metajax._src.outer import apply_outer_update, init_state
 from metajax._src.training import TrainResult, meta_train
 from metajax._src.types import MetaLearner, MetaState, Params
 
 Transform = Callable[[jax.Array, jax.Array], jax.Array]
 """``transform(key, x) -> x`` applied to each minibatch of inputs (preprocessing, augmentation)."""
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}; got {value!r}.")
-    return int(value)
 
 
 def classifier_learner(loss_fn: LossFn, opt: optax.GradientTransformation, *,
@@ -97,7 +92,7 @@ def minibatch_sampler(batch_size: int, *, transform: Transform | None = None) ->
         >>> bool(jnp.all(x[:, 0] == y)), x.shape
         (True, (4, 1))
     """
-    batch_size = _check_int("batch_size", batch_size, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
 
     def sample(key: jax.Array, inputs: jax.Array, labels: jax.Array):
         k_idx, k_tf = jax.random.split(key)
@@ -172,9 +167,9 @@ def pretrain_classifier(
         >>> out.history[-1]["accuracy"] > 0.9
         True
     """
-    num_steps = _check_int("num_steps", num_steps, 1)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    steps_per_call = _check_int("steps_per_call", steps_per_call, 1)
+    num_steps = check_int("num_steps", num_steps, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
+    steps_per_call = check_int("steps_per_call", steps_per_call, 1)
     n_inputs, label_shape = np.shape(inputs)[:1], np.shape(labels)
     if len(label_shape) != 1 or not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
         raise ValueError(f"`labels` must be a 1-D integer array; got shape {label_shape} and "

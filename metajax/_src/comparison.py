@@ -12,7 +12,7 @@ import numpy as np
 import optax
 
 from metajax._src.adapt import LossFn
-from metajax._src.baselines import _lr_evaluator, pretrain, select_lr
+from metajax._src.baselines import lr_evaluator, pretrain, select_lr
 from metajax._src.checkpoint import Checkpointer
 from metajax._src.chunking import check_chunk_size, map_task_chunks
 from metajax._src.evaluate import make_evaluator, summarize
@@ -266,7 +266,7 @@ def compare_with_baselines(
     report_steps = (0, *[s for s in eval_steps if s > 0])
 
     # The evaluator select_lr uses too (one compile when val_adapt_steps == max(eval_steps)).
-    val_eval = _lr_evaluator(loss_fn, val_adapt_steps, has_aux)
+    val_eval = lr_evaluator(loss_fn, val_adapt_steps, has_aux)
     if inner_opt is not None:
         own = jax.jit(make_evaluator(loss_fn, steps=(val_adapt_steps,), inner_opt=inner_opt,
                                      has_aux=has_aux))

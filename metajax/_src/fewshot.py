@@ -85,7 +85,7 @@ def _raw_features(params: None, x: jax.Array) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=16)
-def _finetune_evaluator(embed_fn: EmbedFn, n_way: int, steps: int, scale: float,
+def finetune_evaluator(embed_fn: EmbedFn, n_way: int, steps: int, scale: float,
                         head: str = "cosine"):
     """Jitted ``evaluate(params, tasks, lr, key)`` of Baseline++ (or ``head="linear"``:
     Baseline) with ``lr`` and ``key`` traced."""
@@ -147,7 +147,7 @@ def select_head_lr(embed_fn: EmbedFn, params: Params, tasks: TaskBatch, *, n_way
     Returns:
         ``(best_lr, {lr: mean accuracy})``.
     """
-    evaluate = _finetune_evaluator(embed_fn, n_way, steps, scale, head)
+    evaluate = finetune_evaluator(embed_fn, n_way, steps, scale, head)
     scores = {}
     for lr in lrs:
         out = map_task_chunks(lambda t, lr=lr: evaluate(params, t, jnp.float32(lr), key),
@@ -197,7 +197,7 @@ def evaluate_metric_methods(
     learned = params[next(iter(params))]["embed"]
     for row, fn, p in (("baseline++_raw", _raw_features, None),
                        ("baseline++_meta", embed_fn, learned)):
-        finetuned = _finetune_evaluator(fn, n_way, finetune_steps, finetune_scale)
+        finetuned = finetune_evaluator(fn, n_way, finetune_steps, finetune_scale)
         lr = jnp.float32(finetune_lrs[row])
         per_task[row] = map_task_chunks(lambda t, f=finetuned, p=p, lr=lr: f(p, t, lr, head_key),
                                         tasks, chunk_size=chunk_size)

@@ -15,9 +15,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from metajax._src.checks import check_int
 from metajax._src.metric import (
     EmbedFn,
     TaskLossFn,
@@ -85,8 +85,7 @@ def fit_head(
     n_way = check_episode(support_emb, support_labels, support_emb, n_way)
     if head not in HEADS:
         raise ValueError(f"`head` must be one of {HEADS}; got {head!r}.")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"`steps` must be an int >= 1; got {steps!r}.")
+    check_int("steps", steps, 1)
     check_positive(lr, name="lr")
     return _fit_head(support_emb, support_labels, key, lr, scale, weight_std, n_way=n_way,
                      head=head, steps=int(steps), momentum=momentum)

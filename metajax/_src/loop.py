@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from metajax._src.checks import check_int
 from metajax._src.types import MetaState, Metrics, TaskBatch
 
 Sampler = Callable[..., TaskBatch]
@@ -60,8 +61,7 @@ def make_multi_step(
         >>> metrics["loss"].shape
         (10,)
     """
-    if not isinstance(steps_per_call, int) or steps_per_call < 1:
-        raise ValueError(f"`steps_per_call` must be an int >= 1; got {steps_per_call!r}.")
+    check_int("steps_per_call", steps_per_call, 1)
     if not isinstance(unroll, (bool, int)) or (not isinstance(unroll, bool) and unroll < 1):
         raise ValueError(f"`unroll` must be a bool or an int >= 1; got {unroll!r}.")
 

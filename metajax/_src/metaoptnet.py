@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metajax._src.checks import check_int
 from metajax._src.metric import (
     EmbedFn,
     TaskLossFn,
@@ -63,8 +64,7 @@ def project_dual_row(v: jax.Array, upper: jax.Array) -> jax.Array:
 
 def _check_solver(C, iters, *, name: str) -> None:
     check_positive(C, name="C")
-    if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 1:
-        raise ValueError(f"`{name}` must be an int >= 1; got {iters!r}.")
+    check_int(name, iters, 1)
 
 
 def svm_dual(

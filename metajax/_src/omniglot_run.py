@@ -27,8 +27,9 @@ import optax
 from metajax import losses
 from metajax._src import plots
 from metajax._src.checkpoint import Checkpointer, fingerprint
+from metajax._src.checks import check_int
 from metajax._src.chunking import map_task_chunks
-from metajax._src.classifier_pretrain import _check_int, classifier_learner, minibatch_sampler
+from metajax._src.classifier_pretrain import classifier_learner, minibatch_sampler
 from metajax._src.comparison import (
     Pretraining,
     compare_with_baselines,
@@ -39,13 +40,13 @@ from metajax._src.cross_domain import cross_domain_report
 from metajax._src.data.dataset import FewShotSplits
 from metajax._src.data.digits import N_CLASSES as DIGIT_CLASSES
 from metajax._src.data.digits import digits
-from metajax._src.data.episodes import _rot90, episodes
+from metajax._src.data.episodes import episodes, rot90
 from metajax._src.data.omniglot import omniglot
 from metajax._src.evaluate import mean_ci95
 from metajax._src.fewshot import (
-    _finetune_evaluator,
     compare_metric_learner,
     evaluate_metric_methods,
+    finetune_evaluator,
     select_head_lr,
 )
 from metajax._src.metric import EmbedFn, TaskLossFn
@@ -309,7 +310,7 @@ def omniglot_classifier_pretraining(config: OmniglotConfig, train_images
         :func:`metajax.experiment.compare_with_baselines`.
     """
     for name in ("pretrain_batch", "pretrain_steps", "baseline_head_steps"):
-        _check_int(name, getattr(config, name), 1)
+        check_int(name, getattr(config, name), 1)
     if not config.baseline_head_lrs:
         raise ValueError("`baseline_head_lrs` must list at least one candidate step size.")
     n_classes, n_examples = train_images.shape[:2]
@@ -319,7 +320,7 @@ def omniglot_classifier_pretraining(config: OmniglotConfig, train_images
     def transform(key, x):
         x = 1.0 - x.astype(jnp.float32) / 255.0
         if rotate:
-            x = jax.vmap(_rot90)(x, jax.random.randint(key, (x.shape[0],), 0, 4))
+            x = jax.vmap(rot90)(x, jax.random.randint(key, (x.shape[0],), 0, 4))
         return x
 
     def to_init(params):
@@ -356,7 +357,7 @@ def _baseline_row(config: OmniglotConfig, body: Params, tasks: TaskBatch, *,
                   n_way: int, lr: float, key: jax.Array) -> dict[str, dict]:
     """Chen et al.'s Baseline on ``tasks``: ``{metric: per-task array}``."""
     embed_fn, _ = omniglot_conv4(config, head=False)
-    evaluate = _finetune_evaluator(embed_fn, n_way, config.baseline_head_steps, 1.0, "linear")
+    evaluate = finetune_evaluator(embed_fn, n_way, config.baseline_head_steps, 1.0, "linear")
     out = map_task_chunks(lambda t: evaluate(body, t, jnp.float32(lr), key), tasks,
                           chunk_size=config.eval_chunk)
     return {k: np.asarray(v) for k, v in jax.device_get(out).items()}

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from metajax._src.checks import check_int
 from metajax._src.data.dataset import FewShotDataset, FewShotSplits
 
 N_CLASSES = 10
 SOURCE_SIZE = 8
 SOURCE_MAX = 16.0  # pixel values of load_digits are 0 (background) .. 16 (ink)
-
-
-def _check_int(name: str, value, low: int, high: int | None = None) -> int:
-    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        bound = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
-        raise ValueError(f"`{name}` must be {bound}; got {value!r}.")
-    return int(value)
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -78,14 +69,14 @@ def digits(
         >>> test.images.shape, test.images.dtype, test.classes[:3]
         ((10, 174, 28, 28, 1), dtype('uint8'), ('0', '1', '2'))
     """
-    image_size = _check_int("image_size", image_size, 1)
-    digit_size = _check_int("digit_size", digit_size, 1, image_size)
+    image_size = check_int("image_size", image_size, 1)
+    digit_size = check_int("digit_size", digit_size, 1, image_size)
     images, labels = _load_digits()
     counts = np.bincount(labels, minlength=N_CLASSES)
     smallest = int(counts.min())
     if examples_per_class is None:
         examples_per_class = smallest
-    examples_per_class = _check_int("examples_per_class", examples_per_class, 1, smallest)
+    examples_per_class = check_int("examples_per_class", examples_per_class, 1, smallest)
 
     from PIL import Image
 

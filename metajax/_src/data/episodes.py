@@ -6,13 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metajax._src.checks import check_int
 from metajax._src.types import TaskBatch
-
-
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}; got {value!r}.")
-    return int(value)
 
 
 def _subset(key: jax.Array, n: int, k: int, batch: tuple[int, ...] = ()) -> jax.Array:
@@ -25,7 +20,7 @@ def _subset(key: jax.Array, n: int, k: int, batch: tuple[int, ...] = ()) -> jax.
     return jax.lax.top_k(jax.random.uniform(key, (*batch, n)), k)[1].astype(jnp.int32)
 
 
-def _rot90(images: jax.Array, k: jax.Array) -> jax.Array:
+def rot90(images: jax.Array, k: jax.Array) -> jax.Array:
     """Rotates ``[..., H, W, C]`` images counter-clockwise by ``k`` (traced) quarter turns."""
     branches = [lambda a, i=i: jnp.rot90(a, i, axes=(-3, -2)) for i in range(4)]
     return jax.lax.switch(k, branches, images)
@@ -81,10 +76,10 @@ def episodes(
         >>> batch.support[0].shape, batch.query[1].shape
         ((4, 5, 28, 28, 1), (4, 75))
     """
-    n_tasks = _check_count("n_tasks", n_tasks, 1)
-    n_way = _check_count("n_way", n_way, 1)
-    k_shot = _check_count("k_shot", k_shot, 1)
-    n_query = _check_count("n_query", n_query, 1)
+    n_tasks = check_int("n_tasks", n_tasks, 1)
+    n_way = check_int("n_way", n_way, 1)
+    k_shot = check_int("k_shot", k_shot, 1)
+    n_query = check_int("n_query", n_query, 1)
     shape = np.shape(dataset_images)
     if len(shape) != 5:
         raise ValueError(f"`dataset_images` must be [n_classes, n_examples, H, W, C]; got shape "
@@ -109,7 +104,7 @@ def episodes(
         x = images[classes[:, None], examples]  # [n_way, k_shot + n_query, H, W, C]
         if rotate:
             quarter_turns = jax.random.randint(k_rot, (n_way,), 0, 4)
-            x = jax.vmap(_rot90)(x, quarter_turns)
+            x = jax.vmap(rot90)(x, quarter_turns)
         y = jnp.broadcast_to(jnp.arange(n_way, dtype=jnp.int32)[:, None], (n_way, n_per_class))
 
         def take(part, shuffle_key):

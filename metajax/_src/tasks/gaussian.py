@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metajax._src.checks import check_int
 from metajax._src.types import TaskBatch
 
 
@@ -94,8 +95,7 @@ def gaussian_classes(
     for name, value, low in (("n_tasks", n_tasks, 1), ("n_way", n_way, 2), ("k_shot", k_shot, 1),
                              ("n_query", n_query, 1), ("dim", dim, 1),
                              ("n_informative", n_informative, 1)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ValueError(f"`{name}` must be an int >= {low}; got {value!r}.")
+        check_int(name, value, low)
     if n_informative > dim:
         raise ValueError(f"`n_informative` ({n_informative}) must be <= `dim` ({dim}).")
     for name, value in (("center_std", center_std), ("class_std", class_std),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 
+from metajax._src.checks import check_int
 from metajax._src.types import TaskBatch
 
 
@@ -50,8 +51,7 @@ def linear_regression(
     """
     for name, value in (("n_tasks", n_tasks), ("k_shot", k_shot), ("n_query", n_query),
                         ("dim", dim)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
+        check_int(name, value, 1)
     k_w, k_b, k_x, k_eps = jax.random.split(key, 4)
     n = k_shot + n_query
     w = w_mean + w_std * jax.random.normal(k_w, (n_tasks, dim, 1))

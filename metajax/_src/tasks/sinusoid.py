@@ -7,6 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from metajax._src.checks import check_int
 from metajax._src.types import TaskBatch
 
 
@@ -58,8 +59,7 @@ def sinusoid(
         (25, 5, 1)
     """
     for name, value in (("n_tasks", n_tasks), ("k_shot", k_shot), ("n_query", n_query)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
+        check_int(name, value, 1)
     k_amp, k_phase, k_x = jax.random.split(key, 3)
     params = SinusoidParams(
         amplitude=jax.random.uniform(k_amp, (n_tasks,), minval=amplitude[0], maxval=amplitude[1]),
