@@ -10,7 +10,8 @@ second-order Conv4 MAML step on Omniglot shapes (0.49 GiB scratch at meta-batch 
 (``benchmarks/results/conv_task_batching.md``).
 
 With one malloc arena and glibc's mmap and trim thresholds at their maximum (2 GiB), such
-blocks come from the heap and are reused by the next call: no page faults, no zeroing. The
+blocks come from the heap and are reused by later calls: no page faults, no zeroing (after
+the first few calls, while the heap grows to hold the blocks that are in flight at once). The
 cost: the process keeps up to 2 GiB of freed memory for reuse (its resident size stays at
 its high-water mark), and all threads share one malloc arena (XLA allocates per call, not per
 operation, so there is nothing to contend for in practice). Blocks of 2 GiB and more are
