@@ -1,4 +1,4 @@
-"""Prototypical Networks on Omniglot (Conv4 embedding) vs scratch and Baseline++.
+"""Prototypical Networks on Omniglot (Conv4 embedding) vs scratch, Baseline++ and Baseline.
 
 ProtoNets (Snell et al., 2017) classify a query by its squared Euclidean distance to each
 class's mean support embedding. The paper's Omniglot setup: the Vinyals split (rotations as
@@ -17,12 +17,16 @@ few minutes on 2 cores): 200 episodes, a constant learning rate, accuracy on 600
 - longer training: ``--set num_steps=20000`` (the paper trains until validation stops
   improving)
 
-Rows (as ``fewshot_protonet``): ``protonet``, ``scratch`` (prototypes of a randomly
-initialised embedding), ``baseline++_raw`` (a cosine classifier fine-tuned per episode on
-raw pixels) and ``baseline++_meta`` (that classifier on the meta-learned embedding). Data,
-splits and the digits cross-domain evaluation (default on, needs scikit-learn) as in
-``omniglot_maml``; the cross-domain advantage is measured against the best of ``scratch`` and
-``baseline++_raw``."""
+Rows: ``protonet``, ``scratch`` (prototypes of a randomly initialised embedding),
+``baseline++_raw`` (a cosine classifier fine-tuned per episode on raw pixels), ``baseline``
+(Chen et al.'s Baseline: the same Conv4 pre-trained by classification over all training
+classes, frozen, with a linear head fitted per episode; ``pretrain_*`` and ``baseline_head_*``
+options as in ``omniglot_maml``; its pre-training takes ~10-20 min on one core, so use
+``--set pretrain_cache=DIR`` to train it once for several settings) and ``baseline++_meta``
+(the cosine classifier on the meta-learned embedding). Data, splits and the digits
+cross-domain evaluation (default on, needs scikit-learn) as in ``omniglot_maml``; the
+cross-domain advantage is measured against the best of ``scratch``, ``baseline++_raw`` and
+``baseline``."""
 
 from __future__ import annotations
 
