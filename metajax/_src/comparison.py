@@ -75,6 +75,12 @@ class Pretraining(NamedTuple):
     checkpointer: Checkpointer | None = None
 
 
+def pretraining_key(seed: int) -> jax.Array:
+    """The batch-stream key of the ``pretrained`` phase of :func:`compare_with_baselines`
+    for ``seed`` (use it to pre-train the same network elsewhere)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), 3)
+
+
 def run_pretraining(pretraining: Pretraining, *, key: jax.Array, num_steps: int,
                     **options) -> tuple[Params, TrainResult]:
     """Runs ``pretraining`` for ``num_steps`` steps from ``key``.
@@ -312,7 +318,7 @@ def compare_with_baselines(
         pretrained_params = pre.state.params
     else:
         pretrained_params, pre = run_pretraining(
-            pretraining, key=jax.random.fold_in(root, 3), num_steps=pretrain_steps or num_steps,
+            pretraining, key=pretraining_key(seed), num_steps=pretrain_steps or num_steps,
             **loop, **phase("pretrained"))
 
     learned, learned_lr = train.best_params, inner_lr
@@ -349,7 +355,7 @@ def compare_with_baselines(
         "num_test_tasks": int(jax.tree.leaves(test_tasks)[0].shape[0]),
         "meta_train_seconds": t_meta,
         # Training wall time of each phase, validation excluded (see meta_train).
-        "train_seconds": {m: r.history[-1]["train_seconds"] if r.history else 0.0
+        "train_seconds": {m: r.train_seconds
                           for m, r in ((name, train), ("pretrained", pre))},
         "wall_seconds": time.perf_counter() - t0,
     }

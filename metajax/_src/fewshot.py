@@ -86,7 +86,7 @@ def _raw_features(params: None, x: jax.Array) -> jax.Array:
 
 @functools.lru_cache(maxsize=16)
 def finetune_evaluator(embed_fn: EmbedFn, n_way: int, steps: int, scale: float,
-                        head: str = "cosine"):
+                       head: str = "cosine"):
     """Jitted ``evaluate(params, tasks, lr, key)`` of Baseline++ (or ``head="linear"``:
     Baseline) with ``lr`` and ``key`` traced."""
 

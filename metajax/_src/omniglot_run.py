@@ -34,6 +34,7 @@ from metajax._src.comparison import (
     Pretraining,
     compare_with_baselines,
     evaluate_methods,
+    pretraining_key,
     run_pretraining,
 )
 from metajax._src.cross_domain import cross_domain_report
@@ -561,7 +562,7 @@ def run_omniglot_metric(
     t_pre = time.perf_counter()
     pretrained, pre = run_pretraining(
         omniglot_classifier_pretraining(config, data.train_images),
-        key=jax.random.fold_in(jax.random.PRNGKey(config.seed), 3),
+        key=pretraining_key(config.seed),
         num_steps=config.pretrain_steps, steps_per_call=config.steps_per_call,
         unroll=config.unroll, log_every=config.log_every, progress=progress,
         on_record=(lambda r: writer.log({"method": "pretrained", **r})) if writer else None)
@@ -571,9 +572,8 @@ def run_omniglot_metric(
                                             after="baseline++_raw")
     summary["results"] = {m: t["accuracy"] for m, t in summary["all_metrics"].items()}
     summary["baseline"] = baseline.info
-    summary["train_seconds"] = {
-        name: result.train.history[-1]["train_seconds"] if result.train.history else 0.0,
-        "pretrained": pre.history[-1]["train_seconds"] if pre.history else 0.0}
+    summary["train_seconds"] = {name: result.train.train_seconds,
+                                "pretrained": pre.train_seconds}
     summary["baseline_seconds"] = time.perf_counter() - t_pre
     summary.update(_describe(config, data.splits, train_way=config.train_way))
     if data.cross is not None:

@@ -39,6 +39,11 @@ class TrainResult(NamedTuple):
     best_step: int
     history: list[dict]
 
+    @property
+    def train_seconds(self) -> float:
+        """Training wall time up to the last record (0 without records)."""
+        return self.history[-1]["train_seconds"] if self.history else 0.0
+
 
 class Interrupted(KeyboardInterrupt):
     """Raised by :func:`meta_train` after Ctrl-C, once the state has been checkpointed."""
