@@ -238,3 +238,25 @@ def test_evaluator_equals_vmap_in_chunks():
         out[strategy] = jax.jit(fn)(params, tasks)
     assert out["vmap"]["accuracy"].shape == (2, 5)
     assert_trees_all_close(out["vmap"], out[STRATEGY], atol=1e-5)
+
+
+def test_max_pool_ties_go_to_the_first_maximum_as_in_vmap():
+    """With exact ties (ReLU zeros, quantized values) the pool's gradient must go to the
+    element XLA picks, in the backward pass and in its transpose (second order)."""
+    def pooled(y):
+        return nn.max_pool(y, (2, 2), strides=(2, 2))
+
+    def scatter(y, s):  # the pool's vjp: select_and_scatter_add
+        return jax.vjp(pooled, y)[1](s)[0]
+
+    def gather(y, c):  # scatter's transpose in its source: select_and_gather_add
+        return jax.grad(lambda s: jnp.sum(scatter(y, s) * c))(pooled(y))
+
+    y = jnp.round(jax.nn.relu(_normal(0, (3, 2, 4, 6, 5))) * 2) / 2  # many equal maxima
+    s, c = _normal(1, (3, 2, 2, 3, 5)), _normal(2, (3, 2, 4, 6, 5))
+    window = y.reshape(3, 2, 2, 2, 3, 2, 5)  # [task, n, row, 2, col, 2, feature]
+    ties = jnp.sum(window == jnp.max(window, axis=(3, 5), keepdims=True), axis=(3, 5)) > 1
+    assert int(jnp.sum(ties)) > 20  # the data really holds ties
+    assert_trees_all_close(*_both(pooled, y), atol=0)
+    assert_trees_all_close(*_both(scatter, y, s), atol=0)
+    assert_trees_all_close(*_both(gather, y, c), atol=0)

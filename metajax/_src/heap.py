@@ -9,19 +9,26 @@ second-order Conv4 MAML step on Omniglot shapes (0.49 GiB scratch at meta-batch 
 ~128k page faults and ~0.3 s of kernel time per call, about 20% of the step on one core
 (``benchmarks/results/conv_task_batching.md``).
 
-With one malloc arena and glibc's mmap and trim thresholds at their maximum (2 GiB), such
-blocks come from the heap and are reused by later calls: no page faults, no zeroing (after
-the first few calls, while the heap grows to hold the blocks that are in flight at once). The
-cost: the process keeps up to 2 GiB of freed memory for reuse (its resident size stays at
-its high-water mark), and all threads share one malloc arena (XLA allocates per call, not per
-operation, so there is nothing to contend for in practice). Blocks of 2 GiB and more are
-still mapped per call.
+With one malloc arena, no ``mmap``-served blocks and no trimming of the heap, such blocks
+come from the heap and are reused by later calls: no page faults, no zeroing (after the first
+few calls, while the heap grows to hold the blocks that are in flight at once). The cost: the
+process keeps the memory it freed for reuse (its resident size stays at its high-water mark),
+and all threads share one malloc arena (XLA allocates per call, not per operation, so there is
+nothing to contend for in practice). If the heap cannot grow (its address range is taken),
+glibc still falls back to ``mmap``.
+
+Session 4 set the mmap and trim *thresholds* to their maximum instead (2 GiB: ``mallopt``
+takes a C int). That left a cliff: a program whose scratch buffer passed 2 GiB (2.4 GiB for a
+variant of the Conv4 step) was mapped afresh every call again and ran 1.8x slower. Turning
+``mmap`` off (``M_MMAP_MAX=0``) and trimming off (``M_TRIM_THRESHOLD=-1``, glibc's documented
+"never") has no such size limit.
 
 metajax changes these settings at import, through ``mallopt``, only when all of these hold:
 
 * the C library is glibc (``gnu_get_libc_version`` exists);
 * the user has not chosen: none of ``GLIBC_TUNABLES`` (with a ``glibc.malloc`` entry),
-  ``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` is set, and
+  ``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_MMAP_MAX_``,
+  ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_`` is set, and
   ``METAJAX_KEEP_MALLOC`` is unset or ``0``;
 * no JAX backend is initialised yet (XLA's threads would already hold arenas of their own).
 
@@ -35,11 +42,12 @@ import os
 from collections.abc import Mapping
 
 OPT_OUT = "METAJAX_KEEP_MALLOC"
-USER_SETTINGS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+USER_SETTINGS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_",
+                 "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 # mallopt parameters (glibc's malloc.h) and their values here.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-LARGEST = 2**31 - 1  # mallopt takes a C int
-SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_THRESHOLD, LARGEST), (M_TRIM_THRESHOLD, LARGEST))
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+NEVER = -1  # M_TRIM_THRESHOLD: never give the top of the heap back
+SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER))
 
 
 def wants_heap_tuning(environ: Mapping[str, str]) -> bool:
