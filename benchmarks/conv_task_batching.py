@@ -26,8 +26,9 @@ Every peer runs in its own fresh subprocess, one after another, in this one invo
 The metajax peers run with ``track_pre_adaptation=False``: the default also evaluates the query
 loss before adaptation (one more forward pass per task), which the PyTorch peers do not do.
 
-Printed per peer: tasks/s, ms per meta-step (median of ``--repeats`` after one warm-up),
-compile time (first call minus a steady step), peak RSS, and ratios against the torch loop.
+Printed per peer: tasks/s, ms per meta-step (median of ``--repeats`` after ``--warmup``
+untimed calls), compile time (lowering and compiling), peak RSS, and ratios against the torch
+loop.
 ``--profile`` adds the metajax meta-step's time by XLA operation kind.
 
     python benchmarks/conv_task_batching.py                  # full table (several minutes)
@@ -66,6 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--n-query", type=int, default=15)
     p.add_argument("--inner-lr", type=float, default=0.4)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed calls before the timed ones (metajax's heap grows to hold the "
+                        "buffers in flight over the first calls; more with 2+ threads)")
     p.add_argument("--orders", default="second,first")
     p.add_argument("--peers", default=",".join(PEERS[:7]),
                    help=f"comma-separated subset of {PEERS}; 'metajax conv4 vmap' (plain "
@@ -143,7 +147,8 @@ def run_metajax(args, model_name: str, strategy: str):
     t0 = time.perf_counter()
     compiled = step.lower(state, tasks).compile()
     compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(state, tasks))
+    for _ in range(args.warmup):
+        jax.block_until_ready(compiled(state, tasks))
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -261,7 +266,8 @@ def run_torch(args, variant: str):
         opt.step()
 
     step = loop_step if variant == "loop" else vmap_step
-    step()
+    for _ in range(args.warmup):
+        step()
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
