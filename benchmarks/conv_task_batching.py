@@ -45,12 +45,13 @@ import subprocess
 import sys
 import time
 
+from metajax._src import heap
+
 PEERS = ("metajax conv4 conv_per_task", "metajax user-linen", "torch loop", "torch.func vmap",
          "metajax conv4 conv_per_task xla-defaults", "metajax conv4 conv_per_task malloc-defaults",
          "torch loop heap-tuned", "metajax conv4 vmap")
 # glibc malloc settings equal to metajax's import-time ones (metajax/_src/heap.py).
-HEAP_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-                 "glibc.malloc.trim_threshold=18446744073709551615")
+HEAP_TUNABLES = heap.glibc_tunables()
 SUFFIX_ENV = {  # peer-name suffix: environment of that peer's subprocess
     "xla-defaults": {"METAJAX_KEEP_XLA_FLAGS": "1"},
     "malloc-defaults": {"METAJAX_KEEP_MALLOC": "1"},

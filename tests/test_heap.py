@@ -57,6 +57,13 @@ def _faults_per_call(**env_changes):
 
 
 @needs_glibc
+def test_glibc_tunables_give_another_process_the_same_settings():
+    tunables = heap.glibc_tunables()
+    assert _faults_per_call(**{heap.OPT_OUT: "1", "GLIBC_TUNABLES": tunables}) < 0.5 * 2**15
+    assert tunables.count("glibc.malloc.") == len(heap.SETTINGS)
+
+
+@needs_glibc
 def test_import_makes_large_scratch_buffers_reuse_the_heap():
     pages = 2**27 // 4096
     assert _faults_per_call() < 0.5 * pages

@@ -48,6 +48,21 @@ USER_SETTINGS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 NEVER = -1  # M_TRIM_THRESHOLD: never give the top of the heap back
 SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER))
+_TUNABLE_NAMES = {M_ARENA_MAX: "arena_max", M_MMAP_MAX: "mmap_max",
+                  M_TRIM_THRESHOLD: "trim_threshold"}
+
+
+def glibc_tunables() -> str:
+    """:data:`SETTINGS` as a ``GLIBC_TUNABLES`` value, to give another process (e.g. a
+    PyTorch peer in a benchmark) the same malloc settings. Tunables are ``size_t``, so ``-1``
+    becomes its maximum, as ``mallopt`` converts it.
+
+    Example:
+        >>> glibc_tunables()
+        'glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615'
+    """
+    return ":".join(f"glibc.malloc.{_TUNABLE_NAMES[param]}={value % 2**64}"
+                    for param, value in SETTINGS)
 
 
 def wants_heap_tuning(environ: Mapping[str, str]) -> bool:
