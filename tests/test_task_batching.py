@@ -12,6 +12,7 @@ from jax import lax
 import metajax
 from metajax import losses, models
 from metajax._src.outer import mean_task_gradient
+from metajax._src.task_batching import lowering_counts
 
 STRATEGY = "conv_per_task"
 
@@ -158,6 +159,8 @@ def _nnx():
 
 MODELS = {
     "conv4": lambda: _linen(models.Conv4(n_way=3, features=4), size=16),
+    # 8 filters: the 8x8 and 4x4 layers qualify for Winograd's F(2x2, 3x3)
+    "conv4_winograd": lambda: _linen(models.Conv4(n_way=3, features=8), size=16),
     "user_linen": lambda: _linen(UserNet()),
     "nnx": _nnx,
 }
@@ -174,18 +177,20 @@ def _tasks(n_tasks=3, size=8):
 def test_maml_meta_gradient_equals_vmap(model, first_order):
     apply, params = MODELS[model]()
     loss_fn = losses.cross_entropy(apply)
-    tasks = _tasks(size=16 if model == "conv4" else 8)
+    tasks = _tasks(size=16 if model.startswith("conv4") else 8)
     grads = {}
     for strategy in ("vmap", STRATEGY):
-        learner = metajax.maml(loss_fn, optax.sgd(1.0), inner_steps=1 if model == "conv4" else 2,
+        learner = metajax.maml(loss_fn, optax.sgd(1.0),
+                               inner_steps=1 if model.startswith("conv4") else 2,
                                inner_lr=0.3,
                                first_order=first_order, has_aux=True, task_batching=strategy)
         state = learner.init(params)
         new_state, metrics = jax.jit(learner.step)(state, tasks)
         grads[strategy] = jax.tree.map(lambda a, b: a - b, state.params, new_state.params)
-    assert metajax.per_task_weight_convs(
-        lambda p, s: loss_fn(p, s)[0], (0, 0),
-        jax.tree.map(lambda p: jnp.stack([p] * 3), params), tasks.support) > 0
+    counts = lowering_counts(lambda p, s: jax.grad(lambda p: loss_fn(p, s)[0])(p), (0, 0),
+                             jax.tree.map(lambda p: jnp.stack([p] * 3), params), tasks.support)
+    assert counts["per_task_convs"] > 0
+    assert (counts.get("winograd_convs", 0) > 0) == (model == "conv4_winograd")
     scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads["vmap"]))
     assert scale > 1e-3  # a real gradient, not zeros
     assert_trees_all_close(grads["vmap"], grads[STRATEGY], rtol=1e-4, atol=1e-5 * scale)
@@ -240,7 +245,8 @@ def test_evaluator_equals_vmap_in_chunks():
     assert_trees_all_close(out["vmap"], out[STRATEGY], atol=1e-5)
 
 
-def test_max_pool_ties_go_to_the_first_maximum_as_in_vmap():
+@pytest.mark.parametrize("rows,cols", [(4, 6), (5, 7)])  # 5x7: a remainder no window covers
+def test_max_pool_ties_go_to_the_first_maximum_as_in_vmap(rows, cols):
     """With exact ties (ReLU zeros, quantized values) the pool's gradient must go to the
     element XLA picks, in the backward pass and in its transpose (second order)."""
     def pooled(y):
@@ -252,9 +258,10 @@ def test_max_pool_ties_go_to_the_first_maximum_as_in_vmap():
     def gather(y, c):  # scatter's transpose in its source: select_and_gather_add
         return jax.grad(lambda s: jnp.sum(scatter(y, s) * c))(pooled(y))
 
-    y = jnp.round(jax.nn.relu(_normal(0, (3, 2, 4, 6, 5))) * 2) / 2  # many equal maxima
-    s, c = _normal(1, (3, 2, 2, 3, 5)), _normal(2, (3, 2, 4, 6, 5))
-    window = y.reshape(3, 2, 2, 2, 3, 2, 5)  # [task, n, row, 2, col, 2, feature]
+    y = jnp.round(jax.nn.relu(_normal(0, (3, 2, rows, cols, 5))) * 2) / 2  # many equal maxima
+    s, c = _normal(1, (3, 2, rows // 2, cols // 2, 5)), _normal(2, y.shape)
+    covered = y[:, :, :rows // 2 * 2, :cols // 2 * 2]
+    window = covered.reshape(3, 2, rows // 2, 2, cols // 2, 2, 5)  # [.., row, 2, col, 2, ..]
     ties = jnp.sum(window == jnp.max(window, axis=(3, 5), keepdims=True), axis=(3, 5)) > 1
     assert int(jnp.sum(ties)) > 20  # the data really holds ties
     assert_trees_all_close(*_both(pooled, y), atol=0)
