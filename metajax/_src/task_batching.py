@@ -12,7 +12,11 @@ rounding; only the XLA program differs.
 
 Convolutions whose weights are shared (the support pass at the meta-parameters, or any
 convolution of a non-adapted feature extractor) stay folded into the batch dimension as
-``jax.vmap`` folds them: one large convolution for all tasks. Equations without a
+``jax.vmap`` folds them: one large convolution for all tasks. Either kind, when it is a 3x3
+stride-1 convolution with enough channels, is computed by Winograd's F(2x2, 3x3)
+(:mod:`metajax._src.winograd`); tiling max-pools are the maximum of strided slices, with
+first-maximum gradients. Both go through :func:`~metajax._src.materialize.materialized` so that
+XLA:CPU does not fuse them into consumers that would recompute them. Equations without a
 per-task-weight convolution anywhere inside (MLPs, the loss, batch norm, pooling) are batched
 by ``jax.vmap`` unchanged, so for models without convolutions the program equals ``jax.vmap``'s.
 """
