@@ -368,6 +368,11 @@ def _window_slices(x, window):
     return slices
 
 
+def _window_max(slices):
+    """The element-wise maximum of :func:`_window_slices`: the pooled values."""
+    return functools.reduce(jnp.maximum, slices[1:], slices[0])
+
+
 def _max_pool(params, x):
     """The maximum of the window slices: element-wise, with features contiguous.
 
@@ -378,8 +383,7 @@ def _max_pool(params, x):
     of ``reduce_window``'s.
     """
     def pool(x):
-        slices = _window_slices(x, params["window_dimensions"])
-        return functools.reduce(jnp.maximum, slices[1:], slices[0])
+        return _window_max(_window_slices(x, params["window_dimensions"]))
 
     return materialized(pool, x)
 
@@ -389,7 +393,7 @@ def _first_max_index(params, operand):
     choice with ``ge``), as int32; materialized once for all its readers."""
     def index(x):
         slices = _window_slices(x, params["window_dimensions"])
-        top = functools.reduce(jnp.maximum, slices[1:], slices[0])
+        top = _window_max(slices)
         first = jnp.zeros(top.shape, jnp.int32)
         for k in reversed(range(len(slices))):
             first = jnp.where(slices[k] == top, k, first)
