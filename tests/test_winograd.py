@@ -38,6 +38,11 @@ def _winograd(x, w, padding, dn):
     return conv_winograd(x, w, padding=padding, dimension_numbers=dn)
 
 
+def _winograd_backward(x, w, padding, dn):
+    """Differentiated by the Winograd-domain backward pass (the custom VJP)."""
+    return conv_winograd(x, w, padding=padding, dimension_numbers=dn, winograd_backward=True)
+
+
 @pytest.mark.parametrize("spec,lhs_shape,padding", CASES)
 def test_winograd_equals_the_direct_convolution(spec, lhs_shape, padding):
     x, w, dn = _operands(spec, lhs_shape)
@@ -70,8 +75,9 @@ def _gradients(conv, x, w, padding, dn, cotangent):
     return jax.grad(loss, argnums=(0, 1))(x, w), jax.grad(grad_norm, argnums=(0, 1))(x, w)
 
 
+@pytest.mark.parametrize("winograd", [_winograd, _winograd_backward])
 @pytest.mark.parametrize("spec,lhs_shape,padding", CASES[1:2] + CASES[-1:])
-def test_winograd_gradients_to_second_order(spec, lhs_shape, padding):
+def test_winograd_gradients_to_second_order(spec, lhs_shape, padding, winograd):
     x, w, dn = _operands(spec, lhs_shape)
     cotangent = jax.random.normal(jax.random.PRNGKey(3), _direct(x, w, padding, dn).shape)
     # In float64 the algorithm is exact: equal to the direct convolution to 1e-12.
@@ -79,12 +85,12 @@ def test_winograd_gradients_to_second_order(spec, lhs_shape, padding):
     with jax.enable_x64(True):
         x64, w64 = x.astype(jnp.float64), w.astype(jnp.float64)
         exact = [jax.tree.map(np.asarray, gradients(conv, x64, w64, padding, dn, cotangent))
-                 for conv in (_direct, _winograd)]
+                 for conv in (_direct, winograd)]
     scale = max(np.max(np.abs(g)) for g in jax.tree.leaves(exact[0]))
     assert_trees_all_close(exact[1], exact[0], rtol=0, atol=1e-12 * scale)
     # In float32 both are float rounding away from the float64 result (measured: about
     # 1e-6 of the largest entry for each; second order amplifies rounding on small entries).
-    got = gradients(_winograd, x, w, padding, dn, cotangent)
+    got = gradients(winograd, x, w, padding, dn, cotangent)
     for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(exact[0]), strict=True):
         assert_trees_all_close(g, e.astype(np.float32), rtol=0, atol=2e-5 * np.max(np.abs(e)))
 

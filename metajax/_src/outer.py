@@ -11,6 +11,7 @@ import optax
 
 from metajax._src.task_batching import per_task_weight_convs, resolve_strategy, task_vmap
 from metajax._src.types import MetaState, Metrics, Params, PyTree, TaskBatch, num_tasks
+from metajax._src.winograd_rewrite import with_winograd_convs
 
 TaskObjective = Callable[[Params, PyTree, PyTree], tuple[jax.Array, Metrics]]
 MetaLoss = Callable[[Params, TaskBatch], tuple[jax.Array, Metrics]]
@@ -45,9 +46,11 @@ def mean_task_gradient(task_objective: TaskObjective, *, task_batching: str = "a
     :func:`mean_over_tasks` (one ``jax.vmap``; the sum over tasks folds into the backward
     pass). With ``"conv_per_task"`` (``"auto"`` on CPU) and a
     conv net, each task's gradient is computed by :func:`task_vmap` over
-    ``jax.grad(task_objective)`` (forward, inner and outer backward passes all in one traced
-    program whose per-task-weight convolutions run one ordinary convolution per task) and
-    the gradients are averaged: equal to the ``jax.vmap`` path to float rounding.
+    ``jax.grad(with_winograd_convs(task_objective))`` (forward, inner and outer backward
+    passes all in one traced program; 3x3 convolutions are Winograd ones with Winograd-domain
+    backward passes, see :mod:`metajax._src.winograd_rewrite`, and the remaining
+    per-task-weight convolutions run one ordinary convolution per task) and the gradients
+    are averaged: equal to the ``jax.vmap`` path to float rounding.
 
     In the ``conv_per_task`` case the tasks are processed in groups of ``task_group``, one
     group after the other inside the one program (``None``: all tasks at once). Measured for
@@ -58,8 +61,9 @@ def mean_task_gradient(task_objective: TaskObjective, *, task_batching: str = "a
         raise ValueError(f"`task_group` must be a positive number of tasks or None; got "
                          f"{task_group!r}.")
     strategy = resolve_strategy(task_batching)
-    per_task_grad = task_vmap(jax.grad(task_objective, has_aux=True), in_axes=(None, 0, 0),
-                              strategy=strategy)
+    # Rewritten before differentiation, 3x3 convolutions get Winograd backward passes too.
+    per_task_grad = task_vmap(jax.grad(with_winograd_convs(task_objective), has_aux=True),
+                              in_axes=(None, 0, 0), strategy=strategy)
     vmapped_grad = jax.grad(mean_over_tasks(task_objective), has_aux=True)
 
     def meta_grad(params: Params, tasks: TaskBatch):

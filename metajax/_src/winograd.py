@@ -21,6 +21,9 @@ Measured on one CPU core (XLA:CPU, Conv4's layers at Omniglot sizes, with a cons
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -60,7 +63,7 @@ def winograd_applies(params: dict, lhs, rhs) -> bool:
     return (kernel == [3, 3] and min(out) >= MIN_OUTPUT and min(channels) >= MIN_CHANNELS)
 
 
-def conv_winograd(lhs, rhs, *, padding, dimension_numbers):
+def conv_winograd(lhs, rhs, *, padding, dimension_numbers, winograd_backward=False):
     """``lax.conv_general_dilated(lhs, rhs, (1, 1), padding, dimension_numbers=...)`` for a
     3x3 kernel, by F(2x2, 3x3); same dimension numbers, same result to float rounding.
 
@@ -69,6 +72,12 @@ def conv_winograd(lhs, rhs, *, padding, dimension_numbers):
         rhs: the 3x3 kernel, laid out as ``dimension_numbers.rhs_spec`` says.
         padding: ``((lo, hi), (lo, hi))`` for the two spatial dimensions (negative allowed).
         dimension_numbers: a ``lax.ConvDimensionNumbers``.
+        winograd_backward: differentiate by the Winograd-domain backward pass (a
+            ``jax.custom_vjp``): the output cotangent is transformed once, the weight gradient
+            is 16 matrix products with the forward pass's transformed inputs, and the input
+            gradient 16 products and the transposed input transform. Reverse mode only, to
+            any order; forward-mode differentiation (``jax.jvp``) is not supported. With
+            ``False`` (default) JAX differentiates the forward computation itself.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -83,34 +92,143 @@ def conv_winograd(lhs, rhs, *, padding, dimension_numbers):
     dims = dimension_numbers
     x = jnp.transpose(lhs, (dims.lhs_spec[0], *dims.lhs_spec[2:], dims.lhs_spec[1]))  # NHWC
     w = jnp.transpose(rhs, (*dims.rhs_spec[2:], dims.rhs_spec[1], dims.rhs_spec[0]))  # HWIO
-    y = _conv_nhwc(x, w, tuple(map(tuple, padding)))
+    conv = _conv_nhwc_vjp if winograd_backward else _conv_nhwc
+    y = conv(x, w, tuple(map(tuple, padding)))
     order = (dims.out_spec[0], *dims.out_spec[2:], dims.out_spec[1])  # y's axis i: order[i]
     return jnp.transpose(y, [order.index(axis) for axis in range(4)])
 
 
+def _geometry(x_shape, padding):
+    """Output size, tiles per dimension, and the pad config that makes the tiles at stride 2
+    cover the output exactly (``2 t + 2`` inputs per dimension)."""
+    out = [x_shape[1 + d] + lo + hi - 2 for d, (lo, hi) in enumerate(padding)]
+    tiles = [-(-size // 2) for size in out]
+    config = [(0, 0, 0), *[(lo, 2 * t + 2 - (size + lo), 0)
+                           for (lo, _), t, size in zip(padding, tiles, x_shape[1:3],
+                                                       strict=True)], (0, 0, 0)]
+    return out, tiles, config
+
+
+def _input_transform(xp, tiles):
+    """``V = B^T d B`` of every 4x4 tile of ``xp`` [B, H, W, C]: [16, tiles, C]."""
+    return _stack_rows(_transformed(_tile_slices(xp, tiles), BT))
+
+
+def _weight_transform(w):
+    """``U = G g G^T`` per channel pair: w [3, 3, C, O] -> [16, C, O]."""
+    u = np.einsum("xk,yl->xykl", G, G).astype(w.dtype)
+    return jnp.einsum("xykl,klco->xyco", u, w).reshape(16, *w.shape[2:])
+
+
+def _output_transform(m, batch, tiles, out):
+    """``Y = A^T M A`` per tile: m [16, tiles, O] -> [B, out[0], out[1], O]."""
+    features = m.shape[-1]
+    m = m.reshape(4, 4, batch, *tiles, features)
+    y = [[_combine(AT[b], [_combine(AT[a], [m[xi, nu] for xi in range(4)])
+                           for nu in range(4)]) for b in range(2)] for a in range(2)]
+    y = jnp.stack([jnp.stack(row, axis=3) for row in y], axis=2)  # [B, th, 2, tw, 2, O]
+    return y.reshape(batch, 2 * tiles[0], 2 * tiles[1], features)[:, :out[0], :out[1]]
+
+
+def _products_and_output_transform(v, u, batch, tiles, out):
+    m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))  # 16 x [tiles, C] @ [C, O]
+    return _output_transform(m, batch, tiles, out)
+
+
 def _conv_nhwc(x, w, padding):
     """F(2x2, 3x3). x [B, H, W, C], w [3, 3, C, O] -> [B, H', W', O]."""
-    batch, channels, features = x.shape[0], x.shape[3], w.shape[3]
-    out = [x.shape[1 + d] + lo + hi - 2 for d, (lo, hi) in enumerate(padding)]
-    tiles = [-(-size // 2) for size in out]
-    # Pad (or crop) so that the tiles at stride 2 cover the output exactly: 2 t + 2 inputs.
-    config = [(0, 0, 0), *[(lo, 2 * t + 2 - (size + lo), 0)
-                           for (lo, _), t, size in zip(padding, tiles, x.shape[1:3],
-                                                       strict=True)], (0, 0, 0)]
+    out, tiles, config = _geometry(x.shape, padding)
     xp = lax.pad(x, jnp.zeros((), x.dtype), config)
-    v = jnp.stack(_transformed(_tile_slices(xp, tiles), BT)).reshape(16, -1, channels)
-    u = np.einsum("xk,yl->xykl", G, G).astype(w.dtype)  # U = G w G^T per channel pair
-    u = jnp.einsum("xykl,klco->xyco", u, w).reshape(16, channels, features)
+    v = _input_transform(xp, tiles)
+    fun = functools.partial(_products_and_output_transform, batch=x.shape[0], tiles=tiles,
+                            out=out)
+    return materialized(fun, v, _weight_transform(w))
 
-    def products_and_output_transform(v, u):
-        m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))  # 16 x [tiles, C] @ [C, O]
-        m = m.reshape(4, 4, batch, *tiles, features)
-        y = [[_combine(AT[b], [_combine(AT[a], [m[xi, nu] for xi in range(4)])
-                               for nu in range(4)]) for b in range(2)] for a in range(2)]
-        y = jnp.stack([jnp.stack(row, axis=3) for row in y], axis=2)  # [B, th, 2, tw, 2, O]
-        return y.reshape(batch, 2 * tiles[0], 2 * tiles[1], features)[:, :out[0], :out[1]]
 
-    return materialized(products_and_output_transform, v, u)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_nhwc_vjp(x, w, padding):
+    return _conv_nhwc(x, w, padding)
+
+
+def _conv_nhwc_fwd(x, w, padding):
+    out, tiles, config = _geometry(x.shape, padding)
+    xp = lax.pad(x, jnp.zeros((), x.dtype), config)
+    v = materialized(functools.partial(_input_transform, tiles=tiles), xp)
+    u = _weight_transform(w)
+    fun = functools.partial(_products_and_output_transform, batch=x.shape[0], tiles=tiles,
+                            out=out)
+    return materialized(fun, v, u), (v, u, x, w)
+
+
+def _conv_nhwc_bwd(padding, residuals, dy):
+    v, u, x, w = residuals
+    out, tiles, config = _geometry(x.shape, padding)
+    batch = x.shape[0]
+    dm = materialized(functools.partial(_output_transform_transpose, tiles=tiles), dy)
+    du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))  # 16 x [C, tiles] @ [tiles, O]
+    dw = jnp.einsum("xk,yl,xyco->klco", G.astype(w.dtype), G.astype(w.dtype),
+                    du.reshape(4, 4, *du.shape[1:]))
+    dxp = materialized(
+        lambda dm, u: _input_transform_transpose(
+            lax.dot_general(dm, u, (((2,), (2,)), ((0,), (0,)))), batch, tiles), dm, u)
+    dx = _pad_transpose(dxp, config, x.shape)
+    return dx, dw
+
+
+_conv_nhwc_vjp.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
+
+
+def _output_transform_transpose(dy, tiles):
+    """The transpose of :func:`_output_transform`: dy [B, H', W', O] -> dM [16, tiles, O]."""
+    batch, features = dy.shape[0], dy.shape[3]
+    full = lax.pad(dy, jnp.zeros((), dy.dtype),
+                   [(0, 0, 0), (0, 2 * tiles[0] - dy.shape[1], 0),
+                    (0, 2 * tiles[1] - dy.shape[2], 0), (0, 0, 0)])
+    phases = full.reshape(batch, tiles[0], 2, tiles[1], 2, features)
+    p = [[phases[:, :, a, :, b, :] for b in range(2)] for a in range(2)]
+    rows = [[_combine(AT[:, xi], [p[a][b] for a in range(2)]) for b in range(2)]
+            for xi in range(4)]
+    dm = [_combine(AT[:, nu], rows[xi]) for xi in range(4) for nu in range(4)]
+    return _stack_rows(dm)
+
+
+def _input_transform_transpose(dv, batch, tiles):
+    """The transpose of :func:`_input_transform` (tile slices overlap: their cotangents add).
+    dv [16, tiles, C] -> dxp [B, 2 t0 + 2, 2 t1 + 2, C]."""
+    channels = dv.shape[-1]
+    dv = dv.reshape(4, 4, batch, *tiles, channels)
+    rows = [[_combine(BT[:, j], [dv[xi, nu] for nu in range(4)]) for j in range(4)]
+            for xi in range(4)]
+    dd = [[_combine(BT[:, i], [rows[xi][j] for xi in range(4)]) for j in range(4)]
+          for i in range(4)]
+    zero = jnp.zeros((), dv.dtype)
+    phase = [[None, None], [None, None]]
+    for pi in range(2):
+        for pj in range(2):
+            parts = [lax.pad(dd[2 * si + pi][2 * sj + pj], zero,
+                             [(0, 0, 0), (si, 1 - si, 0), (sj, 1 - sj, 0), (0, 0, 0)])
+                     for si in range(2) for sj in range(2)]
+            phase[pi][pj] = functools.reduce(jnp.add, parts[1:], parts[0])
+    dxp = jnp.stack([jnp.stack(row, axis=3) for row in phase], axis=2)
+    return dxp.reshape(batch, 2 * tiles[0] + 2, 2 * tiles[1] + 2, channels)
+
+
+def _pad_transpose(dxp, config, shape):
+    """The cotangent of ``x`` for ``xp = lax.pad(x, 0, config)``: crop what padding added,
+    pad with zeros what negative padding cropped."""
+    return jax.linear_transpose(
+        lambda x: lax.pad(x, jnp.zeros((), x.dtype), config),
+        jax.ShapeDtypeStruct(shape, dxp.dtype))(dxp)[0]
+
+
+def _stack_rows(parts):
+    """``jnp.stack(parts)`` with each part's leading axes flattened: [len(parts), -1, C].
+
+    Written as a concatenation of reshaped parts rather than ``jnp.stack``: under
+    ``jax.vmap`` a stack puts the new axis before the batch axis and the reshape then needs a
+    transposed copy of the whole result; a concatenation keeps the batch axis first.
+    """
+    return jnp.concatenate([p.reshape(1, -1, p.shape[-1]) for p in parts])
 
 
 def _combine(coefficients, parts):
