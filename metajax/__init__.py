@@ -31,6 +31,7 @@ from metajax._src.reptile import reptile
 from metajax._src.sharding import replicate, shard_tasks, task_mesh
 from metajax._src.task_batching import per_task_weight_convs, task_vmap
 from metajax._src.types import MetaLearner, MetaState, TaskBatch, num_tasks
+from metajax._src.winograd_rewrite import with_winograd_convs
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,7 @@ __all__ = [
     "make_multi_step",
     "per_task_weight_convs",
     "task_vmap",
+    "with_winograd_convs",
     "maml",
     "matching_logits",
     "matchingnet",

@@ -19,6 +19,11 @@ first-maximum gradients. Both go through :func:`~metajax._src.materialize.materi
 XLA:CPU does not fuse them into consumers that would recompute them. Equations without a
 per-task-weight convolution anywhere inside (MLPs, the loss, batch norm, pooling) are batched
 by ``jax.vmap`` unchanged, so for models without convolutions the program equals ``jax.vmap``'s.
+
+The learners' meta-gradient (:func:`metajax._src.outer.mean_task_gradient`) first rewrites the
+task objective's 3x3 convolutions into Winograd ones *before* differentiating it
+(:func:`metajax.with_winograd_convs`), so their backward passes are Winograd ones as well and
+reach this module as batched matrix products rather than convolutions.
 """
 
 from __future__ import annotations

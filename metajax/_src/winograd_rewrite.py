@@ -42,7 +42,12 @@ def with_winograd_convs(fun: Callable, stats: dict | None = None) -> Callable:
     ``jax.checkpoint`` regions are rewritten inside and checkpointed again. Convolutions inside
     other control flow (``scan``, ``while``, ``cond``, custom derivative rules) are left as
     they are. Differentiate the result (``jax.grad(with_winograd_convs(f))``) to get Winograd
-    backward passes.
+    backward passes; :func:`metajax.task_vmap` then batches them over tasks as batched matrix
+    products. Reverse-mode differentiation works to any order; forward mode (``jax.jvp``,
+    ``jax.linearize``) of the rewritten function does not (the Winograd backward pass is a
+    ``jax.custom_vjp``): apply forward mode inside ``fun`` instead, before the rewrite.
+    The gradient-based learners use it on CPU (``task_batching="conv_per_task"``, the CPU
+    default) through their meta-gradient.
 
     Args:
         fun: any jittable function of arrays (pytrees allowed).
