@@ -44,9 +44,9 @@ from metajax._src.winograd import conv_winograd, winograd_applies
 STRATEGIES = ("auto", "vmap", "conv_per_task")
 MAX_UNROLLED_SCAN = 10  # scans with convolutions of at most this many steps are unrolled
 
-_CALLS = ("pjit", "jit", "closed_call", "core_call")
+CALLS = ("pjit", "jit", "closed_call", "core_call")  # call-like primitives (and below)
 _CUSTOM = ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
-_REMAT = ("remat2", "checkpoint", "remat")
+REMATS = ("remat2", "checkpoint", "remat")
 
 
 def resolve_strategy(strategy: str) -> str:
@@ -186,7 +186,7 @@ def _eval_jaxpr(jaxpr, consts: Sequence, args: Sequence, batched: Sequence[bool]
     return [r[0] for r in results], [r[1] for r in results]
 
 
-def _bind(eqn, vals):
+def bind_eqn(eqn, vals):
     params = eqn.primitive.get_bind_params(eqn.params)
     with eqn.ctx.manager:
         out = eqn.primitive.bind(*vals, **params)
@@ -196,7 +196,7 @@ def _bind(eqn, vals):
 def _eval_eqn(eqn, vals: list, bs: list, n: int, stats: dict):
     n_out = len(eqn.outvars)
     if not any(bs):
-        return _bind(eqn, vals), [False] * n_out
+        return bind_eqn(eqn, vals), [False] * n_out
     name = eqn.primitive.name
     if name == "conv_general_dilated" and _plain_conv(eqn.params):
         if bs[1]:
@@ -205,25 +205,25 @@ def _eval_eqn(eqn, vals: list, bs: list, n: int, stats: dict):
         return [_conv_folded(eqn, vals[0], vals[1], n, stats)], [True]
     if name in _POOLING and _tiling_window(eqn.params, jnp.shape(vals[-1])[1:]):
         return [_POOLING[name](eqn.params, *_broadcast_all(vals, bs, n))], [True]
-    sub = _sub_jaxpr(eqn)
-    if sub is not None and _has_conv(sub.jaxpr):
+    sub = sub_jaxpr(eqn)
+    if sub is not None and has_conv(sub.jaxpr):
         inner = functools.partial(_eval_closed, sub, bs=tuple(bs), n=n, stats=stats)
         if name in _CUSTOM:  # keep the custom rule: batch the call as jax.vmap would
             return _vmap_eqn(eqn, vals, bs)
-        if name in _REMAT:
+        if name in REMATS:
             outs = jax.checkpoint(lambda *xs: _broadcast_all(*inner(*xs), n),
                                   prevent_cse=eqn.params.get("prevent_cse", True),
                                   policy=eqn.params.get("policy"))(*vals)
             return list(outs), [True] * n_out
         return inner(*vals)
-    if name == "scan" and _has_conv(eqn.params["jaxpr"].jaxpr):
+    if name == "scan" and has_conv(eqn.params["jaxpr"].jaxpr):
         return _scan(eqn, vals, bs, n, stats)
     return _vmap_eqn(eqn, vals, bs)
 
 
 def _vmap_eqn(eqn, vals, bs):
     in_axes = [0 if b else None for b in bs]
-    outs = jax.vmap(lambda *xs: tuple(_bind(eqn, xs)), in_axes=in_axes)(*vals)
+    outs = jax.vmap(lambda *xs: tuple(bind_eqn(eqn, xs)), in_axes=in_axes)(*vals)
     return list(outs), [True] * len(eqn.outvars)
 
 
@@ -236,14 +236,14 @@ def _broadcast_all(outs, out_bs, n):
                  for o, b in zip(outs, out_bs, strict=True))
 
 
-def _sub_jaxpr(eqn):
+def sub_jaxpr(eqn):
     """The closed jaxpr a call-like equation evaluates, or ``None``."""
     name, params = eqn.primitive.name, eqn.params
-    if name in _CALLS:
+    if name in CALLS:
         return _closed(params.get("jaxpr", params.get("call_jaxpr")))
     if name in _CUSTOM:
         return _closed(params.get("call_jaxpr", params.get("fun_jaxpr")))
-    if name in _REMAT:
+    if name in REMATS:
         return _closed(params["jaxpr"])
     return None
 
@@ -256,10 +256,10 @@ def _closed(jaxpr):
     return jcore.ClosedJaxpr(jaxpr, ())
 
 
-def _has_conv(jaxpr) -> bool:
+def has_conv(jaxpr) -> bool:
     """Whether ``jaxpr`` or any jaxpr nested in its equations holds a convolution."""
     return any(eqn.primitive.name == "conv_general_dilated"
-               or any(map(_has_conv, jcore.jaxprs_in_params(eqn.params)))
+               or any(map(has_conv, jcore.jaxprs_in_params(eqn.params)))
                for eqn in jaxpr.eqns)
 
 

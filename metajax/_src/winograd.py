@@ -146,12 +146,20 @@ def _products_and_output_transform(v, u, batch, tiles, out):
 
 def _conv_nhwc(x, w, padding):
     """F(2x2, 3x3). x [B, H, W, C], w [3, 3, C, O] -> [B, H', W', O]."""
+    return _winograd_forward(x, w, padding, keep_inputs=False)[0]
+
+
+def _winograd_forward(x, w, padding, *, keep_inputs: bool):
+    """The output, and the residuals ``(V, U, x, w)`` of the Winograd backward pass; with
+    ``keep_inputs`` the transformed inputs ``V`` are materialized (they are read again there)."""
     out, tiles, config = _geometry(x.shape, padding)
     xp = lax.pad(x, jnp.zeros((), x.dtype), config)
-    v = _input_transform(xp, tiles)
+    transform = functools.partial(_input_transform, tiles=tiles)
+    v = materialized(transform, xp) if keep_inputs else transform(xp)
+    u = _weight_transform(w)
     fun = functools.partial(_products_and_output_transform, batch=x.shape[0], tiles=tiles,
                             out=out)
-    return materialized(fun, v, _weight_transform(w))
+    return materialized(fun, v, u), (v, u, x, w)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -160,18 +168,12 @@ def _conv_nhwc_vjp(x, w, padding):
 
 
 def _conv_nhwc_fwd(x, w, padding):
-    out, tiles, config = _geometry(x.shape, padding)
-    xp = lax.pad(x, jnp.zeros((), x.dtype), config)
-    v = materialized(functools.partial(_input_transform, tiles=tiles), xp)
-    u = _weight_transform(w)
-    fun = functools.partial(_products_and_output_transform, batch=x.shape[0], tiles=tiles,
-                            out=out)
-    return materialized(fun, v, u), (v, u, x, w)
+    return _winograd_forward(x, w, padding, keep_inputs=True)
 
 
 def _conv_nhwc_bwd(padding, residuals, dy):
     v, u, x, w = residuals
-    out, tiles, config = _geometry(x.shape, padding)
+    _, tiles, config = _geometry(x.shape, padding)
     batch = x.shape[0]
     dm = materialized(functools.partial(_output_transform_transpose, tiles=tiles), dy)
     du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))  # 16 x [C, tiles] @ [tiles, O]

@@ -28,9 +28,8 @@ from collections.abc import Callable
 import jax
 from jax.extend import core as jcore
 
+from metajax._src.task_batching import CALLS, REMATS, bind_eqn, has_conv, sub_jaxpr
 from metajax._src.winograd import conv_winograd, winograd_applies
-
-_CALLS = ("pjit", "jit", "closed_call", "core_call")
 
 
 def with_winograd_convs(fun: Callable, stats: dict | None = None) -> Callable:
@@ -98,28 +97,12 @@ def _eval_eqn(eqn, vals: list, stats: dict) -> list:
         return [conv_winograd(*vals, padding=params["padding"],
                               dimension_numbers=params["dimension_numbers"],
                               winograd_backward=True)]
-    if name in _CALLS and _has_conv(_jaxpr_param(params)):
-        sub = _jaxpr_param(params)
+    sub = sub_jaxpr(eqn) if name in CALLS or name in REMATS else None
+    if sub is None or not has_conv(sub.jaxpr):
+        return bind_eqn(eqn, vals)
+    if name in CALLS:
         return _eval(sub.jaxpr, sub.consts, vals, stats)
-    if name in ("checkpoint", "remat2", "remat") and _has_conv(_jaxpr_param(params)):
-        sub = _jaxpr_param(params)
-        body = jax.checkpoint(lambda *xs: tuple(_eval(sub.jaxpr, sub.consts, xs, stats)),
-                              prevent_cse=params.get("prevent_cse", True),
-                              policy=params.get("policy"))
-        return list(body(*vals))
-    bind_params = eqn.primitive.get_bind_params(params)
-    with eqn.ctx.manager:
-        out = eqn.primitive.bind(*vals, **bind_params)
-    return list(out) if eqn.primitive.multiple_results else [out]
-
-
-def _jaxpr_param(params) -> jcore.ClosedJaxpr:
-    jaxpr = params.get("jaxpr", params.get("call_jaxpr"))
-    return jaxpr if isinstance(jaxpr, jcore.ClosedJaxpr) else jcore.ClosedJaxpr(jaxpr, ())
-
-
-def _has_conv(closed) -> bool:
-    return any(eqn.primitive.name == "conv_general_dilated"
-               or any(_has_conv(jcore.ClosedJaxpr(j, ()) if not isinstance(j, jcore.ClosedJaxpr)
-                                else j) for j in jcore.jaxprs_in_params(eqn.params))
-               for eqn in closed.jaxpr.eqns)
+    body = jax.checkpoint(lambda *xs: tuple(_eval(sub.jaxpr, sub.consts, xs, stats)),
+                          prevent_cse=params.get("prevent_cse", True),
+                          policy=params.get("policy"))
+    return list(body(*vals))
