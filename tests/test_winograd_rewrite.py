@@ -1,5 +1,6 @@
-"""with_winograd_convs: 3x3 convolutions replaced before differentiation, same values and
-gradients (to second order) as the direct convolutions, backward passes without convolutions."""
+"""with_winograd_convs: 3x3 convolutions (Winograd) and small-output ones (patch products)
+replaced before differentiation, same values and gradients (to second order) as the direct
+convolutions, backward passes without convolutions."""
 
 import jax
 import jax.numpy as jnp
@@ -59,9 +60,12 @@ def test_conv4_maml_gradient_equals_the_direct_one():
     direct = jax.jit(jax.grad(objective))(params, support, query)
     got = jax.jit(jax.grad(rewritten))(params, support, query)
     # Layers 2 and 3 (8x8 and 4x4, 8 channels): their forward passes on support and query,
-    # and the support pass's input gradients. Layer 1 (one input channel) and layer 4 (2x2
-    # output) stay direct, as do weight gradients (a window as large as the feature map).
-    assert stats["winograd_convs"] == 6  # counted once per trace
+    # and the support pass's input gradients. Layer 4 (2x2 output) is a patch product: its
+    # forward passes, the support pass's input gradient and its weight gradient (a 2x2
+    # window, 3x3 output). Layer 1 (one input channel) stays direct, as do the other weight
+    # gradients (a window as large as the feature map). Counted once per trace.
+    assert stats["winograd_convs"] == 6
+    assert stats["patch_convs"] == 4
     scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(direct))
     assert scale > 1e-3
     assert_trees_all_close(got, direct, rtol=1e-4, atol=2e-5 * scale)

@@ -395,11 +395,12 @@ def _max_pool(params, x):
 
 def _first_max_index(params, operand):
     """Per window, the row-major position of its first maximum (XLA's select-and-scatter
-    choice with ``ge``), as int32; materialized once for all its readers."""
+    choice with ``ge``), as int8 (int32 for windows of more than 127 elements): a quarter of
+    int32's memory traffic; materialized once for all its readers."""
     def index(x):
         slices = _window_slices(x, params["window_dimensions"])
         top = _window_max(slices)
-        first = jnp.zeros(top.shape, jnp.int32)
+        first = jnp.zeros(top.shape, jnp.int8 if len(slices) <= 127 else jnp.int32)
         for k in reversed(range(len(slices))):
             first = jnp.where(slices[k] == top, k, first)
         return first

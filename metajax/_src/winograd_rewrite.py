@@ -16,6 +16,12 @@ transform. Every convolution of the backward pass of such a layer becomes a matr
 which ``jax.vmap`` batches over tasks as an ordinary batched product (no grouped convolution
 appears).
 
+Convolutions with a small output (at most 3x3, e.g. Conv4's last block on Omniglot, whose
+maps are 3x3) and a kernel of at most 3x3 become one product of the input's patches with the
+kernel (:func:`~metajax._src.patches.conv_patches`): XLA:CPU's convolution kernels run such
+convolutions far below speed, and with per-task weights they would be one convolution per task;
+as products (forward, input and weight gradients alike) they are batched products over tasks.
+
 The rewrite is exact in real arithmetic; in float32 values differ from the direct
 convolution's by rounding (about 1e-6 relative, as for :func:`conv_winograd` alone).
 """
@@ -28,13 +34,16 @@ from collections.abc import Callable
 import jax
 from jax.extend import core as jcore
 
+from metajax._src.patches import conv_patches, patches_apply
 from metajax._src.task_batching import CALLS, REMATS, bind_eqn, has_conv, sub_jaxpr
 from metajax._src.winograd import conv_winograd, winograd_applies
 
 
 def with_winograd_convs(fun: Callable, stats: dict | None = None) -> Callable:
     """``fun`` with every 3x3 convolution that :func:`winograd_applies` to computed by
-    :func:`conv_winograd`, as a differentiable JAX function.
+    :func:`conv_winograd`, and every small-output one that
+    :func:`~metajax._src.patches.patches_apply` to by a patch product, as a differentiable JAX
+    function.
 
     ``fun`` is traced at its arguments' shapes and its program evaluated with the
     convolutions replaced; nested calls (``jax.jit``, Flax's wrappers) are inlined, and
@@ -50,8 +59,9 @@ def with_winograd_convs(fun: Callable, stats: dict | None = None) -> Callable:
 
     Args:
         fun: any jittable function of arrays (pytrees allowed).
-        stats: if given, ``stats["winograd_convs"]`` is increased by the number of
-            convolutions replaced, each time the function is traced.
+        stats: if given, ``stats["winograd_convs"]`` and ``stats["patch_convs"]`` are
+            increased by the number of convolutions replaced each way, each time the function
+            is traced.
 
     Returns:
         A function with ``fun``'s signature and outputs.
@@ -97,6 +107,10 @@ def _eval_eqn(eqn, vals: list, stats: dict) -> list:
         return [conv_winograd(*vals, padding=params["padding"],
                               dimension_numbers=params["dimension_numbers"],
                               winograd_backward=True)]
+    if name == "conv_general_dilated" and patches_apply(params, *vals):
+        stats["patch_convs"] = stats.get("patch_convs", 0) + 1
+        return [conv_patches(*vals, padding=params["padding"],
+                             dimension_numbers=params["dimension_numbers"])]
     sub = sub_jaxpr(eqn) if name in CALLS or name in REMATS else None
     if sub is None or not has_conv(sub.jaxpr):
         return bind_eqn(eqn, vals)
