@@ -33,6 +33,15 @@ metajax changes these settings at import, through ``mallopt``, only when all of 
 * no JAX backend is initialised yet (XLA's threads would already hold arenas of their own).
 
 Numbers are unaffected; only where memory comes from changes.
+
+Known cost (session 8): with two or more threads the heap grows beyond one scratch buffer's
+worth. Small allocations land in the freed scratch region in an order that varies between
+calls; when the next scratch request no longer fits, the heap grows by another scratch size,
+page-faulting it in (a step about 2.5x as long). For Conv4 at meta-batch 32 on two threads
+(2 GiB scratch) it grew 3.2 -> 9.0 GiB in three such steps (at calls 2, 14 and 30 in one run, 8
+and 10 in another) and then stayed flat for 90 calls; one thread stays at 3.3 GiB.
+``METAJAX_KEEP_MALLOC=1`` keeps memory flat at the cost of page faults in every call
+(``benchmarks/results/conv_task_batching.md``, session 8).
 """
 
 from __future__ import annotations
