@@ -14,6 +14,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from metajax._src.winograd import plain_2d_conv
+
 MAX_OUTPUT = 3  # output height and width up to this; larger maps go to Winograd or XLA
 MAX_KERNEL = 3  # kernel height and width up to this
 
@@ -26,17 +28,10 @@ def patches_apply(params: dict, lhs, rhs) -> bool:
     :data:`MAX_KERNEL` and an output of at most :data:`MAX_OUTPUT` in each dimension qualify
     (the patch matrix is ``kernel area`` times the input: small only for small kernels).
     """
+    floating = jnp.issubdtype(lhs.dtype, jnp.floating)
+    if not floating or not plain_2d_conv(params, lhs, rhs, lhs.dtype):
+        return False
     dims = params["dimension_numbers"]
-    if len(dims.lhs_spec) != 4 or lhs.dtype != rhs.dtype:
-        return False
-    if not jnp.issubdtype(lhs.dtype, jnp.floating):
-        return False
-    if params.get("preferred_element_type") not in (None, lhs.dtype):
-        return False
-    unit = all(v == 1 for v in (*params["window_strides"], *params["lhs_dilation"],
-                                *params["rhs_dilation"]))
-    if not unit or params["feature_group_count"] != 1 or params["batch_group_count"] != 1:
-        return False
     kernel = [rhs.shape[d] for d in dims.rhs_spec[2:]]
     image = [lhs.shape[d] for d in dims.lhs_spec[2:]]
     out = [i + lo + hi - k + 1
@@ -44,7 +39,7 @@ def patches_apply(params: dict, lhs, rhs) -> bool:
     return max(kernel) <= MAX_KERNEL and 1 <= min(out) and max(out) <= MAX_OUTPUT
 
 
-def conv_patches(lhs, rhs, *, padding, dimension_numbers):
+def conv_patches(lhs, rhs, *, padding, dimension_numbers, precision=None):
     """``lax.conv_general_dilated(lhs, rhs, (1, 1), padding, dimension_numbers=...)`` as one
     matrix product of the input's patches with the kernel.
 
@@ -53,6 +48,7 @@ def conv_patches(lhs, rhs, *, padding, dimension_numbers):
         rhs: the kernel, laid out as ``dimension_numbers.rhs_spec`` says.
         padding: ``((lo, hi), (lo, hi))`` per spatial dimension (negative crops).
         dimension_numbers: a ``lax.ConvDimensionNumbers``.
+        precision: the convolution's ``precision``, given to the product.
 
     Returns:
         The convolution, laid out as ``dimension_numbers.out_spec`` says; equal to the direct
@@ -76,7 +72,7 @@ def conv_patches(lhs, rhs, *, padding, dimension_numbers):
     out = (xp.shape[1] - kh + 1, xp.shape[2] - kw + 1)
     slices = [xp[:, i:i + out[0], j:j + out[1], :] for i in range(kh) for j in range(kw)]
     patches = jnp.concatenate(slices, axis=-1)  # [N, H', W', kh kw C], (i, j, c) order
-    y = jnp.dot(patches, w.reshape(kh * kw * channels, features),
+    y = jnp.dot(patches, w.reshape(kh * kw * channels, features), precision=precision,
                 preferred_element_type=x.dtype)
     order = (dims.out_spec[0], *dims.out_spec[2:], dims.out_spec[1])  # y's axis i: order[i]
     return jnp.transpose(y, [order.index(axis) for axis in range(4)])

@@ -48,6 +48,20 @@ MIN_CHANNELS = 8  # input and output channels; fewer: the transforms cost more t
 MIN_OUTPUT = 4  # output height and width; smaller: most of each 2x2 output tile is padding
 
 
+def plain_2d_conv(params: dict, lhs, rhs, dtype=np.float32) -> bool:
+    """Whether the ``conv_general_dilated`` with ``params`` is 2-D, stride-1, undilated and
+    ungrouped, with both operands (and any preferred result type) of ``dtype``: the
+    convolutions that Winograd's algorithm and patch products compute."""
+    dims = params["dimension_numbers"]
+    if len(dims.lhs_spec) != 4 or lhs.dtype != dtype or rhs.dtype != dtype:
+        return False
+    if params.get("preferred_element_type") not in (None, dtype):
+        return False
+    unit = all(v == 1 for v in (*params["window_strides"], *params["lhs_dilation"],
+                                *params["rhs_dilation"]))
+    return unit and params["feature_group_count"] == 1 and params["batch_group_count"] == 1
+
+
 def winograd_applies(params: dict, lhs, rhs) -> bool:
     """Whether the ``conv_general_dilated`` with ``params`` and operands ``lhs``, ``rhs``
     (anything with ``shape`` and ``dtype``) is computed by :func:`conv_winograd`.
@@ -56,15 +70,9 @@ def winograd_applies(params: dict, lhs, rhs) -> bool:
     :data:`MIN_CHANNELS` input and output channels and an output of at least
     :data:`MIN_OUTPUT` x :data:`MIN_OUTPUT` qualify.
     """
+    if not plain_2d_conv(params, lhs, rhs):
+        return False
     dims = params["dimension_numbers"]
-    if len(dims.lhs_spec) != 4 or lhs.dtype != np.float32 or rhs.dtype != np.float32:
-        return False
-    if params.get("preferred_element_type") not in (None, np.float32):
-        return False
-    unit = all(v == 1 for v in (*params["window_strides"], *params["lhs_dilation"],
-                                *params["rhs_dilation"]))
-    if not unit or params["feature_group_count"] != 1 or params["batch_group_count"] != 1:
-        return False
     kernel = [rhs.shape[d] for d in dims.rhs_spec[2:]]
     image = [lhs.shape[d] for d in dims.lhs_spec[2:]]
     out = [i + lo + hi - 2 for i, (lo, hi) in zip(image, params["padding"], strict=True)]

@@ -110,7 +110,8 @@ def _eval_eqn(eqn, vals: list, stats: dict) -> list:
     if name == "conv_general_dilated" and patches_apply(params, *vals):
         stats["patch_convs"] = stats.get("patch_convs", 0) + 1
         return [conv_patches(*vals, padding=params["padding"],
-                             dimension_numbers=params["dimension_numbers"])]
+                             dimension_numbers=params["dimension_numbers"],
+                             precision=params.get("precision"))]
     sub = sub_jaxpr(eqn) if name in CALLS or name in REMATS else None
     if sub is None or not has_conv(sub.jaxpr):
         return bind_eqn(eqn, vals)
