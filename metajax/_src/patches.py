@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from metajax._src.winograd import plain_2d_conv
+from metajax._src.winograd import from_nhwc, plain_2d_conv, to_nhwc
 
 MAX_OUTPUT = 3  # output height and width up to this; larger maps go to Winograd or XLA
 MAX_KERNEL = 3  # kernel height and width up to this
@@ -63,9 +63,7 @@ def conv_patches(lhs, rhs, *, padding, dimension_numbers, precision=None):
                [24., 36., 24.],
                [16., 24., 16.]], dtype=float32)
     """
-    dims = dimension_numbers
-    x = jnp.transpose(lhs, (dims.lhs_spec[0], *dims.lhs_spec[2:], dims.lhs_spec[1]))  # NHWC
-    w = jnp.transpose(rhs, (*dims.rhs_spec[2:], dims.rhs_spec[1], dims.rhs_spec[0]))  # HWIO
+    x, w = to_nhwc(lhs, rhs, dimension_numbers)
     kh, kw, channels, features = w.shape
     config = [(0, 0, 0), *[(lo, hi, 0) for lo, hi in padding], (0, 0, 0)]
     xp = lax.pad(x, jnp.zeros((), x.dtype), config)
@@ -74,6 +72,5 @@ def conv_patches(lhs, rhs, *, padding, dimension_numbers, precision=None):
     patches = jnp.concatenate(slices, axis=-1)  # [N, H', W', kh kw C], (i, j, c) order
     y = jnp.dot(patches, w.reshape(kh * kw * channels, features), precision=precision,
                 preferred_element_type=x.dtype)
-    order = (dims.out_spec[0], *dims.out_spec[2:], dims.out_spec[1])  # y's axis i: order[i]
-    return jnp.transpose(y, [order.index(axis) for axis in range(4)])
+    return from_nhwc(y, dimension_numbers)
 

@@ -39,7 +39,7 @@ from jax import lax
 from jax.extend import core as jcore
 
 from metajax._src.materialize import materialized
-from metajax._src.winograd import conv_winograd, winograd_applies
+from metajax._src.winograd import conv_winograd, from_nhwc, winograd_applies
 
 STRATEGIES = ("auto", "vmap", "conv_per_task")
 MAX_UNROLLED_SCAN = 10  # scans with convolutions of at most this many steps are unrolled
@@ -291,7 +291,7 @@ def _canonical_conv(eqn, lhs, rhs, stats: dict):
     if winograd_applies(eqn.params, lhs, rhs):
         stats["winograd_convs"] = stats.get("winograd_convs", 0) + 1
         return conv_winograd(lhs, rhs, padding=eqn.params["padding"], dimension_numbers=dims)
-    lhs_spec, rhs_spec, out_spec = dims.lhs_spec, dims.rhs_spec, dims.out_spec
+    lhs_spec, rhs_spec = dims.lhs_spec, dims.rhs_spec
     nd = len(lhs_spec) - 2
     params = dict(eqn.primitive.get_bind_params(eqn.params), dimension_numbers=_nhwc(nd))
     if _kernel_larger_than_image(eqn.params, lhs, rhs):
@@ -303,8 +303,7 @@ def _canonical_conv(eqn, lhs, rhs, stats: dict):
         w = _materialized_transpose(rhs, (*rhs_spec[2:], rhs_spec[1], rhs_spec[0]))
         with eqn.ctx.manager:
             y = eqn.primitive.bind(x, w, **params)
-    order = (out_spec[0], *out_spec[2:], out_spec[1])  # y's axis i holds output axis order[i]
-    return jnp.transpose(y, [order.index(axis) for axis in range(nd + 2)])
+    return from_nhwc(y, dims)
 
 
 def _nhwc(nd: int) -> lax.ConvDimensionNumbers:

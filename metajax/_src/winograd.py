@@ -62,6 +62,19 @@ def plain_2d_conv(params: dict, lhs, rhs, dtype=np.float32) -> bool:
     return unit and params["feature_group_count"] == 1 and params["batch_group_count"] == 1
 
 
+def to_nhwc(lhs, rhs, dims: lax.ConvDimensionNumbers):
+    """A convolution's operands laid out as ``dims`` says, transposed to NHWC and HWIO."""
+    x = jnp.transpose(lhs, (dims.lhs_spec[0], *dims.lhs_spec[2:], dims.lhs_spec[1]))
+    w = jnp.transpose(rhs, (*dims.rhs_spec[2:], dims.rhs_spec[1], dims.rhs_spec[0]))
+    return x, w
+
+
+def from_nhwc(y, dims: lax.ConvDimensionNumbers):
+    """A convolution's NHWC (N, spatial..., C) result transposed to ``dims.out_spec``."""
+    order = (dims.out_spec[0], *dims.out_spec[2:], dims.out_spec[1])  # y's axis i: order[i]
+    return jnp.transpose(y, [order.index(axis) for axis in range(y.ndim)])
+
+
 def winograd_applies(params: dict, lhs, rhs) -> bool:
     """Whether the ``conv_general_dilated`` with ``params`` and operands ``lhs``, ``rhs``
     (anything with ``shape`` and ``dtype``) is computed by :func:`conv_winograd`.
@@ -106,13 +119,9 @@ def conv_winograd(lhs, rhs, *, padding, dimension_numbers, winograd_backward=Fal
         ...                                                 dimension_numbers=dn)))
         True
     """
-    dims = dimension_numbers
-    x = jnp.transpose(lhs, (dims.lhs_spec[0], *dims.lhs_spec[2:], dims.lhs_spec[1]))  # NHWC
-    w = jnp.transpose(rhs, (*dims.rhs_spec[2:], dims.rhs_spec[1], dims.rhs_spec[0]))  # HWIO
+    x, w = to_nhwc(lhs, rhs, dimension_numbers)
     conv = _conv_nhwc_vjp if winograd_backward else _conv_nhwc
-    y = conv(x, w, tuple(map(tuple, padding)))
-    order = (dims.out_spec[0], *dims.out_spec[2:], dims.out_spec[1])  # y's axis i: order[i]
-    return jnp.transpose(y, [order.index(axis) for axis in range(4)])
+    return from_nhwc(conv(x, w, tuple(map(tuple, padding))), dimension_numbers)
 
 
 def _geometry(x_shape, padding):
