@@ -49,7 +49,7 @@ from metajax._src import heap
 
 PEERS = ("metajax conv4 conv_per_task", "metajax user-linen", "torch loop", "torch.func vmap",
          "metajax conv4 conv_per_task xla-defaults", "metajax conv4 conv_per_task malloc-defaults",
-         "torch loop heap-tuned", "metajax conv4 vmap")
+         "torch loop heap-tuned", "metajax conv4 vmap", "metajax conv4-unfused conv_per_task")
 # glibc malloc settings equal to metajax's import-time ones (metajax/_src/heap.py).
 HEAP_TUNABLES = heap.glibc_tunables()
 SUFFIX_ENV = {  # peer-name suffix: environment of that peer's subprocess
@@ -133,8 +133,9 @@ def run_metajax(args, model_name: str, strategy: str):
 
     n_tasks = args.vmap_meta_batch if strategy == "vmap" else args.meta_batch
     tasks = _jax_data(args, n_tasks)
-    if model_name == "conv4":
-        model = models.Conv4(n_way=args.n_way, features=args.features)
+    if model_name.startswith("conv4"):  # conv4-unfused: first block as separate layers
+        model = models.Conv4(n_way=args.n_way, features=args.features,
+                             fuse_thin_blocks=model_name == "conv4")
     else:
         model = user_linen_net(args.n_way)
     variables = model.init(jax.random.PRNGKey(1), tasks.support[0][0])

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import functools
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+
+from metajax._src.conv_block import conv_bn_relu_pool
 
 
 class MLP(nn.Module):
@@ -127,10 +132,17 @@ class Conv4(nn.Module):
     features: int = 64
     strided: bool = False
     head: bool = True
+    fuse_thin_blocks: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in range(4):
+            if (self.fuse_thin_blocks and not self.strided
+                    and x.shape[-1] <= FUSED_MAX_CHANNELS and x.ndim == 4):
+                kernel, bias = _ConvParams(self.features, (3, 3), name=f"conv_{i}")(x.shape[-1])
+                x = _BatchNormFused(self.features, name=f"norm_{i}")(
+                    functools.partial(conv_bn_relu_pool, x, kernel, bias))
+                continue
             x = nn.Conv(self.features, (3, 3), strides=2 if self.strided else 1,
                         padding="SAME", name=f"conv_{i}")(x)
             x = nn.relu(nn.BatchNorm(use_running_average=False, name=f"norm_{i}")(x))
@@ -138,6 +150,46 @@ class Conv4(nn.Module):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         x = x.mean(axis=(-3, -2)) if self.strided else x.reshape(*x.shape[:-3], -1)
         return nn.Dense(self.n_way, name="head")(x) if self.head else x
+
+
+FUSED_MAX_CHANNELS = 3  # Conv4 fuses the blocks of inputs with at most this many channels
+
+
+class _ConvParams(nn.Module):
+    """The ``kernel`` and ``bias`` of an ``nn.Conv`` (same names, shapes and initialisers)."""
+
+    features: int
+    kernel_size: tuple[int, int]
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        kernel = self.param("kernel", nn.linear.default_kernel_init,
+                            (*self.kernel_size, in_features, self.features))
+        return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,))
+
+
+class _BatchNormFused(nn.Module):
+    """The variables of an ``nn.BatchNorm`` (same names, shapes, initialisers and running-
+    statistics update as ``nn.BatchNorm(use_running_average=False)``) around a fused block.
+
+    Called with ``block(scale, bias) -> (y, batch_mean, batch_var)``; returns ``y``.
+    """
+
+    features: int
+    momentum: float = 0.99
+
+    @nn.compact
+    def __call__(self, block: Callable) -> jax.Array:
+        shape = (self.features,)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
+        scale = self.param("scale", nn.initializers.ones_init(), shape)
+        bias = self.param("bias", nn.initializers.zeros_init(), shape)
+        y, mean, var = block(scale, bias)
+        if not self.is_initializing():
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return y
 
 
 class _ResidualBlock(nn.Module):
