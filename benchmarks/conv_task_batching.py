@@ -22,6 +22,15 @@ Every peer runs in its own fresh subprocess, one after another, in this one invo
   would: ``nn.Conv``/``nn.BatchNorm``/``nn.max_pool``, different widths) with default settings.
 * ``torch loop``: the usual PyTorch MAML, a Python loop over tasks, ``create_graph=True``.
 * ``torch.func vmap``: ``torch.func.vmap`` of ``torch.func.grad`` over the tasks.
+* ``metajax conv4 processes``: one single-threaded process per thread (``--threads``), each
+  pinned to a core and meta-training on its share of the meta-batch
+  (:func:`metajax.init_process`, :func:`metajax.process_step`, meta-gradients averaged by
+  :func:`metajax.mean_across` over gloo).
+* ``torch loop processes``: the PyTorch peer split the same way (one single-threaded process
+  per core on its share of the tasks, gradients averaged with ``torch.distributed``
+  ``all_reduce`` over gloo before Adam): what the same idea gives PyTorch.
+* ``metajax conv4-unfused conv_per_task``: Conv4 with ``fuse_thin_blocks=False`` (its first
+  block as separate convolution, batch-norm, ReLU and max-pool layers).
 
 The metajax peers run with ``track_pre_adaptation=False``: the default also evaluates the query
 loss before adaptation (one more forward pass per task), which the PyTorch peers do not do.
@@ -49,7 +58,8 @@ from metajax._src import heap
 
 PEERS = ("metajax conv4 conv_per_task", "metajax user-linen", "torch loop", "torch.func vmap",
          "metajax conv4 conv_per_task xla-defaults", "metajax conv4 conv_per_task malloc-defaults",
-         "torch loop heap-tuned", "metajax conv4 vmap", "metajax conv4-unfused conv_per_task")
+         "torch loop heap-tuned", "metajax conv4 vmap", "metajax conv4-unfused conv_per_task",
+         "metajax conv4 processes", "torch loop processes")
 # glibc malloc settings equal to metajax's import-time ones (metajax/_src/heap.py).
 HEAP_TUNABLES = heap.glibc_tunables()
 SUFFIX_ENV = {  # peer-name suffix: environment of that peer's subprocess
@@ -88,6 +98,8 @@ def parse_args(argv=None):
     p.add_argument("--json", default="", help="also write the rows to this JSON file")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     p.add_argument("--order", default="second", help=argparse.SUPPRESS)
+    p.add_argument("--process-id", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -131,6 +143,11 @@ def run_metajax(args, model_name: str, strategy: str):
     import metajax
     from metajax import losses, models
 
+    mesh = None
+    if strategy == "processes":  # before anything computes: pins, one thread, gloo
+        mesh = metajax.init_process(args.process_id, args.threads,
+                                    coordinator=f"localhost:{args.port}")
+        strategy = "auto"
     n_tasks = args.vmap_meta_batch if strategy == "vmap" else args.meta_batch
     tasks = _jax_data(args, n_tasks)
     if model_name.startswith("conv4"):  # conv4-unfused: first block as separate layers
@@ -141,11 +158,17 @@ def run_metajax(args, model_name: str, strategy: str):
     variables = model.init(jax.random.PRNGKey(1), tasks.support[0][0])
     loss_fn = losses.cross_entropy(models.linen_apply(model, variables))
     kwargs = {} if strategy == "auto" else {"task_batching": strategy}
-    learner = metajax.maml(loss_fn, optax.adam(1e-3), inner_steps=1, inner_lr=args.inner_lr,
+    outer = optax.adam(1e-3)
+    if mesh is not None:
+        outer = optax.chain(metajax.mean_across(), outer)
+    learner = metajax.maml(loss_fn, outer, inner_steps=1, inner_lr=args.inner_lr,
                            first_order=args.order == "first", has_aux=True,
                            track_pre_adaptation=False, **kwargs)
     state = learner.init(variables["params"])
     step = jax.jit(learner.step)
+    if mesh is not None:
+        step = jax.jit(metajax.process_step(learner.step, mesh))
+        state, tasks = metajax.to_global(state, mesh), metajax.to_global(tasks, mesh, share=True)
     t0 = time.perf_counter()
     compiled = step.lower(state, tasks).compile()
     compile_s = time.perf_counter() - t0
@@ -230,23 +253,36 @@ def run_torch(args, variant: str):
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(args.threads)
+    share, rank = args.meta_batch, 0
+    if variant == "processes":  # one single-threaded process per core, gradients all-reduced
+        import torch.distributed as dist
+
+        rank = args.process_id
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[rank % args.threads]})
+        dist.init_process_group("gloo", init_method=f"tcp://localhost:{args.port}", rank=rank,
+                                world_size=args.threads)
+        share = args.meta_batch // args.threads
+    torch.set_num_threads(1 if variant == "processes" else args.threads)
     # Denormal second-order terms otherwise slow the PyTorch peers down by up to 30x on x86;
     # XLA:CPU flushes denormals to zero by default, so this keeps the comparison fair.
     torch.set_flush_denormal(True)
     params = _torch_params(args, torch)
     opt = torch.optim.Adam(params, lr=1e-3)
-    xs, ys, xq, yq = _torch_data(args, torch, args.meta_batch)
+    xs, ys, xq, yq = (a[rank * share:(rank + 1) * share]
+                      for a in _torch_data(args, torch, args.meta_batch))
     second = args.order == "second"
 
     def loop_step():
         opt.zero_grad()
-        for t in range(args.meta_batch):
+        for t in range(share):
             loss = F.cross_entropy(_torch_forward(params, xs[t], F), ys[t])
             grads = torch.autograd.grad(loss, params, create_graph=second)
             fast = [p - args.inner_lr * g for p, g in zip(params, grads, strict=True)]
             query_loss = F.cross_entropy(_torch_forward(fast, xq[t], F), yq[t])
             (query_loss / args.meta_batch).backward()
+        if share < args.meta_batch:  # sum of the processes' shares of the mean
+            for p in params:
+                dist.all_reduce(p.grad)
         opt.step()
 
     from torch.func import grad, vmap
@@ -267,7 +303,7 @@ def run_torch(args, variant: str):
             p.grad = g.mean(0)
         opt.step()
 
-    step = loop_step if variant == "loop" else vmap_step
+    step = vmap_step if variant == "vmap" else loop_step
     for _ in range(args.warmup):
         step()
     times = []
@@ -275,6 +311,8 @@ def run_torch(args, variant: str):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+    if variant == "processes":
+        dist.barrier()
     return args.meta_batch, times, 0.0, None
 
 
@@ -289,15 +327,45 @@ def worker(args):
         n_tasks, times, compile_s, profile = run_metajax(args, model_name,
                                                          rest[0] if rest else "auto")
     else:
-        n_tasks, times, compile_s, profile = run_torch(args, "loop" if "loop" in peer
-                                                       else "vmap")
+        variant = "vmap" if "vmap" in peer else "processes" if "processes" in peer else "loop"
+        n_tasks, times, compile_s, profile = run_torch(args, variant)
     times.sort()
     step_s = times[len(times) // 2]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"peer": peer, "order": args.order, "meta_batch": n_tasks,
                       "ms_per_step": 1e3 * step_s, "tasks_per_s": n_tasks / step_s,
                       "compile_s": max(compile_s, 0.0), "peak_rss_mib": peak_mib,
-                      "profile": profile}))
+                      "profile": profile}), flush=True)
+    if "processes" in peer:  # skip teardown: gloo can abort ("terminate called ...") at exit
+        os._exit(0)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _run_peer(cmd, env, processes: int):
+    """Runs a peer's worker (``processes`` of them side by side for the processes peers) and
+    returns its row (the group's: slowest step, summed peak memory) or the error text."""
+    if processes > 1:
+        port = str(_free_port())
+        cmds = [[*cmd, "--process-id", str(i), "--port", port] for i in range(processes)]
+    else:
+        cmds = [cmd]
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for c in cmds]
+    outs = [p.communicate() for p in procs]
+    if any(p.returncode for p in procs):
+        return "\n".join(err[-2000:] for _, err in outs)
+    rows = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    row = max(rows, key=lambda r: r["ms_per_step"])
+    row["tasks_per_s"] = row["meta_batch"] * 1e3 / row["ms_per_step"]
+    row["peak_rss_mib"] = sum(r["peak_rss_mib"] for r in rows)
+    return row
 
 
 def main(argv=None):
@@ -323,11 +391,10 @@ def main(argv=None):
             if args.cpus:
                 cmd = ["taskset", "-c", args.cpus, *cmd]
             peer_env = dict(env, **SUFFIX_ENV.get(peer.split()[-1], {}))
-            out = subprocess.run(cmd, env=peer_env, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"{peer} ({order} order) failed:\n{out.stderr[-2000:]}")
+            row = _run_peer(cmd, peer_env, args.threads if "processes" in peer else 1)
+            if isinstance(row, str):
+                print(f"{peer} ({order} order) failed:\n{row}")
                 continue
-            row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(f"{order:6s} {peer:42s} {row['tasks_per_s']:7.2f} tasks/s "
                   f"{row['ms_per_step']:9.0f} ms/step  compile {row['compile_s']:5.1f} s  "

@@ -25,6 +25,13 @@ from metajax._src.metric import (
     make_episode_evaluator,
     metric_learner,
 )
+from metajax._src.processes import (
+    init_process,
+    local_value,
+    mean_across,
+    process_step,
+    to_global,
+)
 from metajax._src.protonet import protonet, protonet_loss, prototypical_logits
 from metajax._src.r2d2 import r2d2, r2d2_head_init, r2d2_logits, r2d2_loss, ridge_weights
 from metajax._src.reptile import reptile
@@ -36,6 +43,11 @@ from metajax._src.winograd_rewrite import with_winograd_convs
 __version__ = "0.1.0"
 
 __all__ = [
+    "to_global",
+    "process_step",
+    "mean_across",
+    "local_value",
+    "init_process",
     "MetaLearner",
     "MetaState",
     "Summary",

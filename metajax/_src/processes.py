@@ -1,0 +1,161 @@
+"""One single-threaded process per CPU core, each meta-training on its share of the tasks.
+
+XLA:CPU runs one operation at a time, each spread over the cores by its intra-op thread pool.
+For a conv net's meta-step that scales poorly: the element-wise passes are memory-bound, and
+the batch-norm reductions and the weight-gradient products get no faster (or slower) on two
+threads, so one process on two cores is only ~1.3x one core. Two processes, each pinned to a
+core of its own with a one-thread pool, run their operations side by side instead.
+
+This module sets that up with JAX's own multi-process machinery (``jax.distributed`` with gloo
+collectives over localhost): every process is a JAX process owning one CPU device; the global
+``"tasks"`` mesh spans them; :func:`process_step` runs a learner's step under ``shard_map``
+so each process computes the meta-gradient of its share of the meta-batch, and
+:func:`mean_across` (chained before the outer optimizer) averages the meta-gradients over the
+processes before the update, so the parameters stay identical on every process and equal to
+the single-process step on the whole meta-batch (to float rounding).
+
+Example (each of ``N`` processes runs this with its own ``process_id``)::
+
+    mesh = metajax.init_process(process_id, N, coordinator="localhost:12321")
+    learner = metajax.maml(loss_fn, optax.chain(metajax.mean_across(), optax.adam(1e-3)), ...)
+    step = jax.jit(metajax.process_step(learner.step, mesh))
+    state = metajax.to_global(learner.init(params), mesh)             # replicated
+    state, metrics = step(state, metajax.to_global(tasks, mesh, share=True))
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from metajax._src.checks import check_int
+from metajax._src.sharding import TASK_AXIS, task_mesh
+from metajax._src.types import MetaState, Metrics, TaskBatch, num_tasks
+
+
+def init_process(process_id: int, num_processes: int, *,
+                 coordinator: str = "localhost:12321", pin: bool = True) -> Mesh:
+    """Joins this process to a group of ``num_processes`` CPU processes; returns their mesh.
+
+    Call it first thing, before JAX computes anything (the CPU backend must be created
+    afterwards, with gloo collectives and, when pinned, a one-thread pool). Every process of
+    the group calls it with its own ``process_id``; the call returns once all have joined.
+
+    Args:
+        process_id: this process's index, ``0 <= process_id < num_processes``; process 0
+            hosts the coordinator.
+        num_processes: processes in the group (one per core is the point).
+        coordinator: ``host:port`` of process 0's coordination service (a free port).
+        pin: restrict this process to one of the CPUs it may use, the
+            ``process_id % len(cpus)``-th, so XLA gives it a one-thread pool and processes do
+            not share cores.
+
+    Returns:
+        The 1-D ``"tasks"`` mesh over the group's devices (one per process), for
+        :func:`process_step` and :func:`to_global`.
+
+    Raises:
+        ValueError: bad ``process_id`` / ``num_processes``.
+        RuntimeError: JAX's backend already exists in this process.
+    """
+    from jax._src import xla_bridge
+
+    check_int("num_processes", num_processes, 1)
+    check_int("process_id", process_id, 0)
+    if process_id >= num_processes:
+        raise ValueError(f"`process_id` must be below `num_processes` ({num_processes}); got "
+                         f"{process_id}.")
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError("init_process must run before JAX computes anything in this process "
+                           "(its CPU backend already exists).")
+    if pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[process_id % len(cpus)]})
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+    return task_mesh()
+
+
+def mean_across(axis_name: str = TASK_AXIS) -> optax.GradientTransformation:
+    """An Optax transformation that averages the updates over the devices of ``axis_name``.
+
+    Chain it before the outer optimizer of a learner run by :func:`process_step`, so every
+    process applies the meta-gradient of the whole meta-batch:
+    ``optax.chain(mean_across(), optax.adam(1e-3))``. It is a ``lax.pmean``: it only works
+    inside ``shard_map`` (or ``pmap``) over ``axis_name``.
+    """
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        return lax.pmean(updates, axis_name), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def process_step(step, mesh: Mesh):
+    """``step(state, tasks)`` with the tasks split over ``mesh``'s ``"tasks"`` axis.
+
+    Runs ``step`` under ``shard_map``: each device (each process of :func:`init_process`) gets
+    the replicated state and its share of the tasks (a global array sharded along the task
+    axis, see :func:`to_global`). The learner's outer optimizer must start with
+    :func:`mean_across`, which averages the meta-gradients; the metrics are averaged here.
+    ``metrics["replica_drift"]`` is the spread of a parameter checksum over the devices: 0
+    when the processes hold the same parameters (not 0: the optimizer does not average).
+
+    Returns:
+        ``sharded_step(state, tasks) -> (state, metrics)``; jit it.
+    """
+    spec = PartitionSpec(TASK_AXIS)
+
+    def local(state: MetaState, tasks: TaskBatch) -> tuple[MetaState, Metrics]:
+        state, metrics = step(state, tasks)
+        metrics = lax.pmean(metrics, TASK_AXIS)
+        checksum = sum(leaf.sum() for leaf in jax.tree.leaves(state.params))
+        drift = lax.pmax(checksum, TASK_AXIS) - lax.pmin(checksum, TASK_AXIS)
+        return state, {**metrics, "replica_drift": drift}
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), spec),
+                         out_specs=(PartitionSpec(), PartitionSpec()), check_vma=False)
+
+
+def to_global(tree: Any, mesh: Mesh, *, share: bool = False) -> Any:
+    """Global arrays on ``mesh`` from the same host values on every process.
+
+    Args:
+        tree: a pytree of arrays, equal on every process (same seed, same data).
+        mesh: from :func:`init_process` (or any mesh with a ``"tasks"`` axis).
+        share: ``False``: replicated (state, parameters, data arrays). ``True``: ``tree`` is
+            a whole meta-batch (task axis first); each process keeps its share of the tasks
+            (process ``i`` the ``i``-th block), and the result is sharded along the task axis.
+
+    Raises:
+        ValueError: ``share=True`` and the meta-batch is not a multiple of the mesh size.
+    """
+    if not share:
+        sharding = NamedSharding(mesh, PartitionSpec())
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+            sharding, np.asarray(x)), tree)
+    size, index = mesh.shape[TASK_AXIS], jax.process_index()
+    n = num_tasks(tree)
+    if n % size:
+        raise ValueError(f"The meta-batch ({n} tasks) must be a multiple of the number of "
+                         f"devices on the mesh's '{TASK_AXIS}' axis ({size}).")
+    per = n // size
+    sharding = NamedSharding(mesh, PartitionSpec(TASK_AXIS))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        sharding, np.asarray(x)[index * per:(index + 1) * per], (n, *np.shape(x)[1:])), tree)
+
+
+def local_value(tree: Any) -> Any:
+    """Host (numpy) copies of replicated global arrays, from this process's own device."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
