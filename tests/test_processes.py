@@ -15,7 +15,6 @@ import pytest
 from helpers import assert_trees_all_close
 
 import metajax
-from metajax import losses, models
 
 SETUP = """
 import jax, jax.numpy as jnp, optax
