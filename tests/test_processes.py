@@ -61,6 +61,40 @@ json.dump({"params": jax.tree.map(lambda x: x.tolist(), params),
 """
 
 
+TRAIN_SETUP = """
+import functools, jax, jax.numpy as jnp, optax
+import metajax
+from metajax._src.training import meta_train
+
+def train(outer_opt, mesh=None):
+    model = metajax.models.MLP(features=(16, 16, 1))
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)))["params"]
+    loss = lambda p, batch: jnp.mean((model.apply({"params": p}, batch[0]) - batch[1]) ** 2)
+    learner = metajax.maml(loss, outer_opt, inner_steps=1, inner_lr=0.01)
+    sample = functools.partial(metajax.tasks.sinusoid, n_tasks=4)
+    val = functools.partial(metajax.tasks.sinusoid, n_tasks=8)(jax.random.PRNGKey(9))
+    validate = lambda p: {"loss": float(loss(p, val.query))}
+    return meta_train(learner.step, learner.init(params), sample, key=jax.random.PRNGKey(3),
+                      num_steps=12, tasks_per_step=4, steps_per_call=3, log_every=6,
+                      validate=validate, val_every=6, progress=False, mesh=mesh,
+                      shard_map=mesh is not None)
+"""
+
+TRAIN_WORKER = TRAIN_SETUP + """
+import json, sys
+process_id, port, out, average = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+mesh = metajax.init_process(process_id, 2, coordinator=f"localhost:{port}")
+outer = optax.chain(metajax.mean_across(), optax.sgd(0.05)) if average else optax.sgd(0.05)
+try:
+    result = train(outer, mesh)
+    record = {"params": jax.tree.map(lambda x: x.tolist(), result.state.params),
+              "history": result.history, "step": int(result.state.step)}
+except RuntimeError as err:
+    record = {"error": str(err)}
+json.dump(record, open(out, "w"))
+"""
+
+
 def _arrays(tree):
     """JSON (nested lists) back to numpy arrays."""
     return jax.tree.map(np.asarray, tree, is_leaf=lambda x: isinstance(x, list))
@@ -72,20 +106,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("processes")
+def _run_two(tmp, source, *extra):
+    """Runs ``source`` as two processes (ids 0 and 1); returns their JSON records."""
     script = tmp / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(source)
     port = str(_free_port())
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    procs = [subprocess.Popen([sys.executable, str(script), str(i), port, str(tmp / f"{i}.json")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), port, str(tmp / f"{i}.json"),
+                               *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
              for i in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
     return [json.loads((tmp / f"{i}.json").read_text()) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    return _run_two(tmp_path_factory.mktemp("processes"), WORKER)
+
+
+def test_meta_train_over_two_processes_equals_one_process(tmp_path):
+    namespace = {}
+    exec(textwrap.dedent(TRAIN_SETUP), namespace)
+    expected = namespace["train"](optax.sgd(0.05))
+    runs = _run_two(tmp_path, TRAIN_WORKER, "1")
+    for run in runs:
+        assert run["step"] == 12
+        assert_trees_all_close(_arrays(run["params"]),
+                               jax.tree.map(np.asarray, expected.state.params),
+                               rtol=1e-4, atol=1e-6)
+        assert [r["step"] for r in run["history"]] == [r["step"] for r in expected.history]
+        for got, want in zip(run["history"], expected.history, strict=True):
+            assert abs(got["loss"] - want["loss"]) < 1e-4 * abs(want["loss"])
+            assert abs(got["val_loss"] - want["val_loss"]) < 1e-4 * abs(want["val_loss"])
+
+
+def test_meta_train_refuses_processes_that_do_not_average(tmp_path):
+    runs = _run_two(tmp_path, TRAIN_WORKER, "0")
+    assert all("mean_across" in run.get("error", "") for run in runs)
 
 
 def test_two_processes_equal_one_process_on_the_whole_meta_batch(two_process_run):
@@ -136,3 +196,13 @@ def test_init_process_checks_its_arguments_and_the_backend():
     jnp.zeros(1).block_until_ready()  # the backend exists now
     with pytest.raises(RuntimeError, match="before JAX computes anything"):
         metajax.init_process(0, 2)
+
+
+def test_meta_train_shard_map_needs_a_mesh():
+    from metajax._src.training import meta_train
+
+    learner = metajax.maml(lambda w, b: jnp.mean((b[0] * w - b[1]) ** 2), optax.sgd(0.1),
+                           inner_steps=1, inner_lr=0.01)
+    with pytest.raises(ValueError, match="needs a `mesh`"):
+        meta_train(learner.step, learner.init(jnp.zeros((1, 1))), metajax.tasks.linear_regression,
+                   key=jax.random.PRNGKey(0), num_steps=1, tasks_per_step=1, shard_map=True)

@@ -116,6 +116,25 @@ def process_step(step, mesh: Mesh):
         ``sharded_step(state, tasks) -> (state, metrics)``; jit it.
     """
     spec = PartitionSpec(TASK_AXIS)
+    return jax.shard_map(process_step_body(step), mesh=mesh, in_specs=(PartitionSpec(), spec),
+                         out_specs=(PartitionSpec(), PartitionSpec()), check_vma=False)
+
+
+def process_multi_step(multi_step, mesh: Mesh, n_sample_args: int):
+    """``multi_step(state, key, *sample_args)`` (:func:`metajax.make_multi_step`) run by every
+    process of ``mesh`` under ``shard_map``; all arguments and results replicated.
+
+    Build ``multi_step`` from :func:`process_step_body` and :func:`share_sampler` (each
+    process samples the whole meta-batch from the shared key and keeps its share).
+    """
+    rep = PartitionSpec()
+    return jax.shard_map(multi_step, mesh=mesh, in_specs=(rep, rep, *[rep] * n_sample_args),
+                         out_specs=(rep, rep), check_vma=False)
+
+
+def process_step_body(step):
+    """``step`` inside ``shard_map``: metrics averaged over the task axis, plus
+    ``replica_drift`` (see :func:`process_step`)."""
 
     def local(state: MetaState, tasks: TaskBatch) -> tuple[MetaState, Metrics]:
         state, metrics = step(state, tasks)
@@ -124,8 +143,23 @@ def process_step(step, mesh: Mesh):
         drift = lax.pmax(checksum, TASK_AXIS) - lax.pmin(checksum, TASK_AXIS)
         return state, {**metrics, "replica_drift": drift}
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), spec),
-                         out_specs=(PartitionSpec(), PartitionSpec()), check_vma=False)
+    return local
+
+
+def share_sampler(sample):
+    """``sample`` inside ``shard_map``: the whole meta-batch, of which this device keeps its
+    block along the task axis (the ``axis_index``-th of ``axis_size`` equal blocks)."""
+
+    def local(key: jax.Array, *sample_args: Any) -> TaskBatch:
+        tasks = sample(key, *sample_args)
+        n, size = num_tasks(tasks), lax.axis_size(TASK_AXIS)
+        if n % size:
+            raise ValueError(f"The meta-batch ({n} tasks) must be a multiple of the number of "
+                             f"processes on the mesh's '{TASK_AXIS}' axis ({size}).")
+        start = lax.axis_index(TASK_AXIS) * (n // size)
+        return jax.tree.map(lambda x: lax.dynamic_slice_in_dim(x, start, n // size), tasks)
+
+    return local
 
 
 def to_global(tree: Any, mesh: Mesh, *, share: bool = False) -> Any:
@@ -157,5 +191,7 @@ def to_global(tree: Any, mesh: Mesh, *, share: bool = False) -> Any:
 
 
 def local_value(tree: Any) -> Any:
-    """Host (numpy) copies of replicated global arrays, from this process's own device."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+    """Host (numpy) copies of replicated global arrays, from this process's own device
+    (other leaves are converted with ``np.asarray``)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array)
+                                             else x), tree)

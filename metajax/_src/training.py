@@ -18,6 +18,13 @@ from tqdm.auto import tqdm
 
 from metajax._src.checkpoint import Checkpointer, CheckpointError
 from metajax._src.loop import Sampler, make_multi_step
+from metajax._src.processes import (
+    local_value,
+    process_multi_step,
+    process_step_body,
+    share_sampler,
+    to_global,
+)
 from metajax._src.sharding import replicate, shard_tasks
 from metajax._src.types import MetaState, Metrics, Params, TaskBatch
 
@@ -97,6 +104,7 @@ def meta_train(
     checkpointer: Checkpointer | None = None,
     checkpoint_every: int | None = None,
     mesh: Mesh | None = None,
+    shard_map: bool = False,
     progress: bool = True,
     desc: str = "meta-train",
 ) -> TrainResult:
@@ -138,6 +146,14 @@ def meta_train(
         checkpoint_every: checkpoint interval in steps (default ``val_every`` or ``log_every``).
         mesh: shard the task axis of every meta-batch over this device mesh (see
             :func:`metajax.shard_tasks`); the state is replicated on it. ``None``: one device.
+        shard_map: run every chunk under ``shard_map`` over ``mesh`` instead of sharding
+            through GSPMD: each device samples the whole meta-batch and meta-trains on its
+            share. The fast way across the processes of :func:`metajax.init_process` (one per
+            CPU core; GSPMD does not keep their per-task convolutions local). ``step``'s outer
+            optimizer must start with :func:`metajax.mean_across` (checked: a
+            ``RuntimeError`` if the devices' parameters differ after a chunk). Validation
+            runs on every process with its own copy of the parameters, and the returned
+            state holds this process's copies.
         progress: show a progress bar (step, loss, tasks/s, ETA).
         desc: progress-bar label.
 
@@ -168,9 +184,17 @@ def meta_train(
             train_seconds = float(meta.get("train_seconds", history[-1].get(
                 "train_seconds", 0.0) if history else 0.0))
     sample_args = tuple(sample_args)
-    if mesh is not None:
+    per_process = shard_map
+    if per_process and mesh is None:
+        raise ValueError("`shard_map=True` needs a `mesh` (e.g. from metajax.init_process).")
+    if per_process:  # e.g. one CPU process per core (metajax.init_process): not GSPMD
+        state, sample_args = to_global(state, mesh), to_global(sample_args, mesh)
+        key = to_global(key, mesh)
+        sample, step = share_sampler(sample), process_step_body(step)
+    elif mesh is not None:
         state, sample = replicate(state, mesh), shard_tasks(sample, mesh)
         sample_args = replicate(sample_args, mesh)
+    host = local_value if per_process else jax.device_get
     start = int(state.step)
     if num_steps < start:
         raise ValueError(f"`num_steps` ({num_steps}) is smaller than the state's step ({start}).")
@@ -182,12 +206,13 @@ def meta_train(
     log_points = set(_boundaries(num_steps, log_every)) | val_points
 
     def save(current):
-        checkpointer.save(current, {"state": state, "best_params": best_params, "key": key},
+        checkpointer.save(current, host({"state": state, "best_params": best_params, "key": key}),
                           {"best_score": best_score, "best_step": best_step,
                            "history": history, "train_seconds": train_seconds})
 
     compiled: dict[int, Callable] = {}
-    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, unit="step",
+    bar = tqdm(total=num_steps, initial=start, desc=desc, unit="step",
+               disable=not progress or jax.process_index() != 0,
                dynamic_ncols=True)
     chunk_metrics: list[dict] = []
     t_log, steps_since_log, current = time.perf_counter(), 0, start
@@ -197,10 +222,19 @@ def meta_train(
                 t_chunk = time.perf_counter()
                 n = min(steps_per_call, target - current)
                 if n not in compiled:
-                    compiled[n] = jax.jit(make_multi_step(step, sample, steps_per_call=n,
-                                                          unroll=unroll), donate_argnums=0)
+                    multi = make_multi_step(step, sample, steps_per_call=n, unroll=unroll)
+                    if per_process:
+                        multi = process_multi_step(multi, mesh, len(sample_args))
+                    compiled[n] = jax.jit(multi, donate_argnums=0)
                 new_state, metrics = compiled[n](state, key, *sample_args)
-                metrics = jax.device_get(metrics)
+                metrics = host(metrics)
+                if per_process and np.any(metrics.pop("replica_drift") != 0):
+                    bar.close()
+                    raise RuntimeError(
+                        "The processes' parameters differ after a step: the learner's outer "
+                        "optimizer does not average the meta-gradient over the processes. "
+                        "Chain metajax.mean_across() before it, e.g. optax.chain("
+                        "metajax.mean_across(), optax.adam(1e-3)).")
                 loss = np.asarray(metrics["loss"])
                 if not np.all(np.isfinite(loss)):
                     bad = current + 1 + int(np.argmin(np.isfinite(loss)))
@@ -226,14 +260,14 @@ def meta_train(
                 record["tasks_per_s"] = steps_since_log * tasks_per_step / max(elapsed, 1e-9)
                 record["train_seconds"] = train_seconds
                 if current in val_points:
-                    val = validate(state.params)
+                    val = validate(host(state.params) if per_process else state.params)
                     record.update({f"val_{k}": float(v) for k, v in val.items()})
                     score = float(val[val_metric])
                     better = best_score is None or (score > best_score if higher_is_better
                                                     else score < best_score)
                     if better and math.isfinite(score):
                         best_score, best_step = score, current
-                        best_params = jax.tree.map(np.array, jax.device_get(state.params))
+                        best_params = jax.tree.map(np.array, host(state.params))
                 history.append(record)
                 if on_record is not None:
                     on_record(record)
@@ -247,6 +281,8 @@ def meta_train(
                 where = f"; checkpoint saved at step {current}" if checkpointer else ""
                 raise Interrupted(f"Interrupted at step {current}{where}.")
     bar.close()
+    if per_process:  # every process holds the same values: return this process's copies
+        state = jax.tree.map(jax.numpy.asarray, local_value(state))
     if validate is None:
         best_params, best_step = state.params, current
     return TrainResult(state=state, best_params=best_params, best_step=best_step, history=history)
