@@ -117,6 +117,11 @@ class Conv4(nn.Module):
         strided: stride-2 convolutions instead of max-pooling (MAML's Omniglot network).
         head: end with a Dense layer to ``n_way`` logits; ``False`` returns the embedding
             (for metric-based methods such as Prototypical Networks).
+        fuse_thin_blocks: compute max-pooled blocks whose input has at most
+            ``FUSED_MAX_CHANNELS`` (3) channels (the first block on Omniglot and
+            mini-ImageNet) with :func:`metajax._src.conv_block.conv_bn_relu_pool`, which never
+            forms the convolution's full-resolution output. Same variables and values as the
+            separate layers (to float rounding); faster on CPU (see the README's *Speed*).
 
     Example:
         >>> import jax, jax.numpy as jnp

@@ -184,17 +184,16 @@ def meta_train(
             train_seconds = float(meta.get("train_seconds", history[-1].get(
                 "train_seconds", 0.0) if history else 0.0))
     sample_args = tuple(sample_args)
-    per_process = shard_map
-    if per_process and mesh is None:
+    if shard_map and mesh is None:
         raise ValueError("`shard_map=True` needs a `mesh` (e.g. from metajax.init_process).")
-    if per_process:  # e.g. one CPU process per core (metajax.init_process): not GSPMD
+    if shard_map:  # e.g. one CPU process per core (metajax.init_process): not GSPMD
         state, sample_args = to_global(state, mesh), to_global(sample_args, mesh)
         key = to_global(key, mesh)
         sample, step = share_sampler(sample), process_step_body(step)
     elif mesh is not None:
         state, sample = replicate(state, mesh), shard_tasks(sample, mesh)
         sample_args = replicate(sample_args, mesh)
-    host = local_value if per_process else jax.device_get
+    host = local_value if shard_map else jax.device_get
     start = int(state.step)
     if num_steps < start:
         raise ValueError(f"`num_steps` ({num_steps}) is smaller than the state's step ({start}).")
@@ -223,12 +222,12 @@ def meta_train(
                 n = min(steps_per_call, target - current)
                 if n not in compiled:
                     multi = make_multi_step(step, sample, steps_per_call=n, unroll=unroll)
-                    if per_process:
+                    if shard_map:
                         multi = process_multi_step(multi, mesh, len(sample_args))
                     compiled[n] = jax.jit(multi, donate_argnums=0)
                 new_state, metrics = compiled[n](state, key, *sample_args)
                 metrics = host(metrics)
-                if per_process and np.any(metrics.pop("replica_drift") != 0):
+                if shard_map and np.any(metrics.pop("replica_drift") != 0):
                     bar.close()
                     raise RuntimeError(
                         "The processes' parameters differ after a step: the learner's outer "
@@ -260,7 +259,7 @@ def meta_train(
                 record["tasks_per_s"] = steps_since_log * tasks_per_step / max(elapsed, 1e-9)
                 record["train_seconds"] = train_seconds
                 if current in val_points:
-                    val = validate(host(state.params) if per_process else state.params)
+                    val = validate(host(state.params) if shard_map else state.params)
                     record.update({f"val_{k}": float(v) for k, v in val.items()})
                     score = float(val[val_metric])
                     better = best_score is None or (score > best_score if higher_is_better
@@ -281,7 +280,7 @@ def meta_train(
                 where = f"; checkpoint saved at step {current}" if checkpointer else ""
                 raise Interrupted(f"Interrupted at step {current}{where}.")
     bar.close()
-    if per_process:  # every process holds the same values: return this process's copies
+    if shard_map:  # every process holds the same values: return this process's copies
         state = jax.tree.map(jax.numpy.asarray, local_value(state))
     if validate is None:
         best_params, best_step = state.params, current
