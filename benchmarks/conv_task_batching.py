@@ -166,7 +166,7 @@ def run_metajax(args, model_name: str, strategy: str):
                            track_pre_adaptation=False, **kwargs)
     state = learner.init(variables["params"])
     step = jax.jit(learner.step)
-    if mesh is not None:
+    if mesh is not None:  # each process its share of the tasks, the state replicated
         step = jax.jit(metajax.process_step(learner.step, mesh))
         state, tasks = metajax.to_global(state, mesh), metajax.to_global(tasks, mesh, share=True)
     t0 = time.perf_counter()

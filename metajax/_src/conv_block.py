@@ -24,9 +24,13 @@ float rounding (tested in float64 to second order).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from metajax._src.patches import nhwc_patches
 
 
 def same_patches(x: jax.Array, kernel_size: tuple[int, int]) -> jax.Array:
@@ -37,20 +41,19 @@ def same_patches(x: jax.Array, kernel_size: tuple[int, int]) -> jax.Array:
     ``"SAME"`` convolution.
     """
     kh, kw = kernel_size
-    _, h, w, _ = x.shape
     top, left = (kh - 1) // 2, (kw - 1) // 2
-    padded = jnp.pad(x, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
-    return jnp.concatenate([padded[:, i:i + h, j:j + w, :]
-                            for i in range(kh) for j in range(kw)], axis=-1)
+    return nhwc_patches(x, kernel_size, ((top, kh - 1 - top), (left, kw - 1 - left)))
 
 
-def _first_max(values: jax.Array) -> jax.Array:
-    """Index along axis 0 of the first maximum (int8; ``values`` has at most 127 rows)."""
-    best, index = values[0], jnp.zeros(values.shape[1:], jnp.int8)
-    for q in range(1, values.shape[0]):
+def first_max_position(values: Sequence[jax.Array]) -> jax.Array:
+    """Element-wise, the position in ``values`` of the first maximum (ties go to the earliest,
+    as XLA's select-and-scatter with ``ge`` chooses); int8, int32 beyond 127 values."""
+    dtype = jnp.int8 if len(values) <= 127 else jnp.int32
+    best, index = values[0], jnp.zeros(jnp.shape(values[0]), dtype)
+    for q in range(1, len(values)):
         better = values[q] > best
         best = jnp.where(better, values[q], best)
-        index = jnp.where(better, jnp.int8(q), index)
+        index = jnp.where(better, jnp.asarray(q, dtype), index)
     return index
 
 
@@ -116,6 +119,6 @@ def conv_bn_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, scale: j
     windows = patches[:, :2 * hp, :2 * wp].reshape(n, hp, 2, wp, 2, k)
     windows = windows.transpose(2, 4, 0, 1, 3, 5).reshape(4, n, hp, wp, k)
     z = windows @ (weights * gain) + (offset - centre * gain)
-    index = _first_max(lax.stop_gradient(z))
+    index = first_max_position(list(lax.stop_gradient(z)))
     pooled = sum(jnp.where(index == q, z[q], 0.0) for q in range(4))
     return jax.nn.relu(pooled), mean, var

@@ -11,6 +11,7 @@ tasks as batched products: no convolution is left in the forward or backward pas
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -65,12 +66,25 @@ def conv_patches(lhs, rhs, *, padding, dimension_numbers, precision=None):
     """
     x, w = to_nhwc(lhs, rhs, dimension_numbers)
     kh, kw, channels, features = w.shape
+    y = jnp.dot(nhwc_patches(x, (kh, kw), padding), w.reshape(kh * kw * channels, features),
+                precision=precision, preferred_element_type=x.dtype)
+    return from_nhwc(y, dimension_numbers)
+
+
+def nhwc_patches(x, kernel_size: tuple[int, int], padding) -> jax.Array:
+    """``[N, H, W, C] -> [N, H', W', kh * kw * C]``: the kernel's shifted slices of the padded
+    input side by side, ordered ``(i, j, c)`` as ``kernel.reshape(-1, F)`` of an ``HWIO``
+    kernel, so their product with it is the stride-1 convolution.
+
+    Args:
+        x: ``NHWC`` input.
+        kernel_size: ``(kh, kw)``.
+        padding: ``((lo, hi), (lo, hi))`` per spatial dimension (negative crops).
+    """
+    kh, kw = kernel_size
     config = [(0, 0, 0), *[(lo, hi, 0) for lo, hi in padding], (0, 0, 0)]
     xp = lax.pad(x, jnp.zeros((), x.dtype), config)
     out = (xp.shape[1] - kh + 1, xp.shape[2] - kw + 1)
     slices = [xp[:, i:i + out[0], j:j + out[1], :] for i in range(kh) for j in range(kw)]
-    patches = jnp.concatenate(slices, axis=-1)  # [N, H', W', kh kw C], (i, j, c) order
-    y = jnp.dot(patches, w.reshape(kh * kw * channels, features), precision=precision,
-                preferred_element_type=x.dtype)
-    return from_nhwc(y, dimension_numbers)
+    return jnp.concatenate(slices, axis=-1)
 

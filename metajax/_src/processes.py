@@ -35,7 +35,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from metajax._src.checks import check_int
-from metajax._src.sharding import TASK_AXIS, task_mesh
+from metajax._src.sharding import TASK_AXIS, check_splits, task_mesh
 from metajax._src.types import MetaState, Metrics, TaskBatch, num_tasks
 
 
@@ -152,12 +152,9 @@ def share_sampler(sample):
 
     def local(key: jax.Array, *sample_args: Any) -> TaskBatch:
         tasks = sample(key, *sample_args)
-        n, size = num_tasks(tasks), lax.axis_size(TASK_AXIS)
-        if n % size:
-            raise ValueError(f"The meta-batch ({n} tasks) must be a multiple of the number of "
-                             f"processes on the mesh's '{TASK_AXIS}' axis ({size}).")
-        start = lax.axis_index(TASK_AXIS) * (n // size)
-        return jax.tree.map(lambda x: lax.dynamic_slice_in_dim(x, start, n // size), tasks)
+        per = check_splits(num_tasks(tasks), lax.axis_size(TASK_AXIS))
+        start = lax.axis_index(TASK_AXIS) * per
+        return jax.tree.map(lambda x: lax.dynamic_slice_in_dim(x, start, per), tasks)
 
     return local
 
@@ -179,12 +176,8 @@ def to_global(tree: Any, mesh: Mesh, *, share: bool = False) -> Any:
         sharding = NamedSharding(mesh, PartitionSpec())
         return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
             sharding, np.asarray(x)), tree)
-    size, index = mesh.shape[TASK_AXIS], jax.process_index()
-    n = num_tasks(tree)
-    if n % size:
-        raise ValueError(f"The meta-batch ({n} tasks) must be a multiple of the number of "
-                         f"devices on the mesh's '{TASK_AXIS}' axis ({size}).")
-    per = n // size
+    n, index = num_tasks(tree), jax.process_index()
+    per = check_splits(n, mesh.shape[TASK_AXIS])
     sharding = NamedSharding(mesh, PartitionSpec(TASK_AXIS))
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
         sharding, np.asarray(x)[index * per:(index + 1) * per], (n, *np.shape(x)[1:])), tree)

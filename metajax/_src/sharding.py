@@ -25,6 +25,19 @@ def task_mesh(devices: Any = None) -> Mesh:
                          axis_types=(AxisType.Auto,))  # GSPMD propagates the task sharding
 
 
+def check_splits(n: int, size: int) -> int:
+    """``n // size``: the tasks per device of an ``n``-task meta-batch split over ``size``
+    devices of the ``"tasks"`` axis.
+
+    Raises:
+        ValueError: ``n`` is not a multiple of ``size``.
+    """
+    if n % size:
+        raise ValueError(f"The meta-batch ({n} tasks) must be a multiple of the number of "
+                         f"devices on the mesh's '{TASK_AXIS}' axis ({size}).")
+    return n // size
+
+
 def shard_tasks(sample: Sampler, mesh: Mesh) -> Sampler:
     """Wraps a task sampler so its batches are split over ``mesh`` along the task axis.
 
@@ -43,10 +56,7 @@ def shard_tasks(sample: Sampler, mesh: Mesh) -> Sampler:
 
     def sharded(key: jax.Array, *sample_args: Any) -> TaskBatch:
         tasks = sample(key, *sample_args)
-        n = jax.tree.leaves(tasks)[0].shape[0]
-        if n % size:
-            raise ValueError(f"The meta-batch ({n} tasks) must be a multiple of the number of "
-                             f"devices on the mesh's '{TASK_AXIS}' axis ({size}).")
+        check_splits(jax.tree.leaves(tasks)[0].shape[0], size)
         return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tasks)
 
     return sharded

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend import core as jcore
 
+from metajax._src.conv_block import first_max_position
 from metajax._src.materialize import materialized
 from metajax._src.winograd import conv_winograd, from_nhwc, winograd_applies
 
@@ -397,12 +398,7 @@ def _first_max_index(params, operand):
     choice with ``ge``), as int8 (int32 for windows of more than 127 elements): a quarter of
     int32's memory traffic; materialized once for all its readers."""
     def index(x):
-        slices = _window_slices(x, params["window_dimensions"])
-        top = _window_max(slices)
-        first = jnp.zeros(top.shape, jnp.int8 if len(slices) <= 127 else jnp.int32)
-        for k in reversed(range(len(slices))):
-            first = jnp.where(slices[k] == top, k, first)
-        return first
+        return first_max_position(_window_slices(x, params["window_dimensions"]))
 
     return materialized(index, lax.stop_gradient(operand))
 
