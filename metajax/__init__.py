@@ -29,7 +29,9 @@ from metajax._src.processes import (
     init_process,
     local_value,
     mean_across,
+    mean_over_task_shards,
     process_step,
+    task_split,
     to_global,
 )
 from metajax._src.protonet import protonet, protonet_loss, prototypical_logits
@@ -72,6 +74,7 @@ __all__ = [
     "with_winograd_convs",
     "maml",
     "mean_across",
+    "mean_over_task_shards",
     "matching_logits",
     "matchingnet",
     "matchingnet_loss",
@@ -99,6 +102,7 @@ __all__ = [
     "replicate",
     "shard_tasks",
     "task_mesh",
+    "task_split",
     "data",
     "losses",
     "models",

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metajax._src.outer import apply_outer_update
 from metajax._src.types import MetaLearner, MetaState, Params, PyTree, TaskBatch, num_tasks
 
 EmbedFn = Callable[[Params, jax.Array], jax.Array]
@@ -197,9 +198,7 @@ def metric_learner(
     def step(state: MetaState, tasks: TaskBatch):
         num_tasks(tasks)
         grads, metrics = jax.grad(meta_loss, has_aux=True)(state.params, tasks)
-        updates, opt_state = outer_opt.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return MetaState(params, opt_state, state.step + 1), metrics
+        return apply_outer_update(outer_opt, state, grads), metrics
 
     return MetaLearner(init=init, step=step)
 

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metajax._src.processes import mean_over_task_shards
 from metajax._src.task_batching import per_task_weight_convs, resolve_strategy, task_vmap
 from metajax._src.types import MetaState, Metrics, Params, PyTree, TaskBatch, num_tasks
 from metajax._src.winograd_rewrite import with_winograd_convs
@@ -100,7 +101,13 @@ def init_state(outer_opt: optax.GradientTransformation, meta: Params) -> MetaSta
 
 def apply_outer_update(outer_opt: optax.GradientTransformation, state: MetaState,
                        grads: Params) -> MetaState:
-    """One ``outer_opt`` update of ``state.params`` with meta-gradient ``grads``."""
+    """One ``outer_opt`` update of ``state.params`` with meta-gradient ``grads``.
+
+    ``grads`` is this device's mean over its tasks; under ``shard_map`` over the task axis
+    (:func:`metajax.process_step`) it is first averaged over the devices, so every device
+    applies the mean over the whole meta-batch.
+    """
+    grads = mean_over_task_shards(grads)
     updates, opt_state = outer_opt.update(grads, state.opt_state, state.params)
     return MetaState(optax.apply_updates(state.params, updates), opt_state, state.step + 1)
 

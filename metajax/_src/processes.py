@@ -10,14 +10,15 @@ This module sets that up with JAX's own multi-process machinery (``jax.distribut
 collectives over localhost): every process is a JAX process owning one CPU device; the global
 ``"tasks"`` mesh spans them; :func:`process_step` runs a learner's step under ``shard_map``
 so each process computes the meta-gradient of its share of the meta-batch, and
-:func:`mean_across` (chained before the outer optimizer) averages the meta-gradients over the
-processes before the update, so the parameters stay identical on every process and equal to
+:func:`mean_over_task_shards` (applied by every metajax learner before its outer update; for a
+learner of your own, :func:`mean_across` chained before its optimizer) averages the
+meta-gradients over the processes, so the parameters stay identical on every process and equal to
 the single-process step on the whole meta-batch (to float rounding).
 
 Example (each of ``N`` processes runs this with its own ``process_id``)::
 
     mesh = metajax.init_process(process_id, N, coordinator="localhost:12321")
-    learner = metajax.maml(loss_fn, optax.chain(metajax.mean_across(), optax.adam(1e-3)), ...)
+    learner = metajax.maml(loss_fn, optax.adam(1e-3), ...)  # averages over the processes
     step = jax.jit(metajax.process_step(learner.step, mesh))
     state = metajax.to_global(learner.init(params), mesh)             # replicated
     state, metrics = step(state, metajax.to_global(tasks, mesh, share=True))
@@ -85,10 +86,11 @@ def init_process(process_id: int, num_processes: int, *,
 def mean_across(axis_name: str = TASK_AXIS) -> optax.GradientTransformation:
     """An Optax transformation that averages the updates over the devices of ``axis_name``.
 
-    Chain it before the outer optimizer of a learner run by :func:`process_step`, so every
-    process applies the meta-gradient of the whole meta-batch:
-    ``optax.chain(mean_across(), optax.adam(1e-3))``. It is a ``lax.pmean``: it only works
-    inside ``shard_map`` (or ``pmap``) over ``axis_name``.
+    Chain it before the outer optimizer of *your own* learner run by :func:`process_step`, so
+    every process applies the meta-gradient of the whole meta-batch:
+    ``optax.chain(mean_across(), optax.adam(1e-3))``. metajax's learners average by
+    themselves (:func:`mean_over_task_shards`). It is a ``lax.pmean``: it only works inside
+    ``shard_map`` (or ``pmap``) over ``axis_name``.
     """
 
     def init(params):
@@ -102,13 +104,56 @@ def mean_across(axis_name: str = TASK_AXIS) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
+def mean_over_task_shards(tree: Any) -> Any:
+    """``tree`` averaged over the devices of the ``"tasks"`` axis when traced inside
+    ``shard_map`` over it (:func:`process_step`); ``tree`` unchanged otherwise.
+
+    metajax's learners apply it to their meta-gradient before the outer update (in
+    ``apply_outer_update``): a learner's meta-gradient is the mean over the whole meta-batch,
+    and under :func:`process_step` that meta-batch spans the devices. So their outer optimizers
+    need no :func:`mean_across` (chaining it as well changes nothing: a mean of equal values).
+    """
+    try:
+        lax.axis_size(TASK_AXIS)
+    except NameError:  # not inside a map over the task axis: one device holds every task
+        return tree
+    return lax.pmean(tree, TASK_AXIS)
+
+
+def task_split(tasks_per_step: int) -> dict[str, Any]:
+    """:func:`metajax.experiment.meta_train`'s ``mesh`` / ``shard_map`` options for this
+    program's devices.
+
+    * Several CPU processes (:func:`init_process`, ``metajax run --processes N``): the
+      meta-batch is split over them under ``shard_map`` (GSPMD does not keep a conv net's
+      per-task convolutions local on CPU).
+    * Several devices otherwise (GPUs, TPU cores, forced host devices): the task axis is
+      sharded through GSPMD when the meta-batch is a multiple of their number.
+    * One device: no mesh.
+
+    Raises:
+        ValueError: several CPU processes and ``tasks_per_step`` is not a multiple of their
+            number.
+    """
+    devices = jax.device_count()
+    if jax.process_count() > 1 and jax.default_backend() == "cpu":
+        if tasks_per_step % devices:
+            raise ValueError(f"The meta-batch ({tasks_per_step} tasks) must be a multiple of "
+                             f"the number of processes ({devices}) to split it between them.")
+        return {"mesh": task_mesh(), "shard_map": True}
+    if devices > 1 and tasks_per_step % devices == 0:
+        return {"mesh": task_mesh(), "shard_map": False}
+    return {"mesh": None, "shard_map": False}
+
+
 def process_step(step, mesh: Mesh):
     """``step(state, tasks)`` with the tasks split over ``mesh``'s ``"tasks"`` axis.
 
     Runs ``step`` under ``shard_map``: each device (each process of :func:`init_process`) gets
     the replicated state and its share of the tasks (a global array sharded along the task
-    axis, see :func:`to_global`). The learner's outer optimizer must start with
-    :func:`mean_across`, which averages the meta-gradients; the metrics are averaged here.
+    axis, see :func:`to_global`). metajax's learners average their meta-gradients over the
+    devices (:func:`mean_over_task_shards`); a learner of your own must do the same, e.g. by
+    chaining :func:`mean_across` before its outer optimizer. The metrics are averaged here.
     ``metrics["replica_drift"]`` is the spread of a parameter checksum over the devices: 0
     when the processes hold the same parameters (not 0: the optimizer does not average).
 

@@ -8,6 +8,7 @@ import optax
 
 from metajax._src.adapt import LossFn, adapt, check_steps, with_aux
 from metajax._src.maml import task_metrics
+from metajax._src.outer import apply_outer_update
 from metajax._src.types import MetaLearner, MetaState, Params, PyTree, TaskBatch, num_tasks
 
 
@@ -132,9 +133,8 @@ def reptile(
         num_tasks(tasks)
         adapted, metrics = batched(state.params, tasks.support, tasks.query)
         pseudo_grad = jax.tree.map(lambda p, a: p - jnp.mean(a, axis=0), state.params, adapted)
-        updates, opt_state = outer_opt.update(pseudo_grad, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return MetaState(params, opt_state, state.step + 1), jax.tree.map(jnp.mean, metrics)
+        return (apply_outer_update(outer_opt, state, pseudo_grad),
+                jax.tree.map(jnp.mean, metrics))
 
     return MetaLearner(init=init, step=step)
 

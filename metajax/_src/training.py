@@ -149,9 +149,10 @@ def meta_train(
         shard_map: run every chunk under ``shard_map`` over ``mesh`` instead of sharding
             through GSPMD: each device samples the whole meta-batch and meta-trains on its
             share. The fast way across the processes of :func:`metajax.init_process` (one per
-            CPU core; GSPMD does not keep their per-task convolutions local). ``step``'s outer
-            optimizer must start with :func:`metajax.mean_across` (checked: a
-            ``RuntimeError`` if the devices' parameters differ after a chunk). Validation
+            CPU core; GSPMD does not keep their per-task convolutions local). ``step`` must
+            average its meta-gradient over the devices, as metajax's learners do (for your
+            own, :func:`metajax.mean_across`); checked: a ``RuntimeError`` if the devices'
+            parameters differ after a chunk. Validation
             runs on every process with its own copy of the parameters, and the returned
             state holds this process's copies.
         progress: show a progress bar (step, loss, tasks/s, ETA).
@@ -230,10 +231,11 @@ def meta_train(
                 if shard_map and np.any(metrics.pop("replica_drift") != 0):
                     bar.close()
                     raise RuntimeError(
-                        "The processes' parameters differ after a step: the learner's outer "
-                        "optimizer does not average the meta-gradient over the processes. "
-                        "Chain metajax.mean_across() before it, e.g. optax.chain("
-                        "metajax.mean_across(), optax.adam(1e-3)).")
+                        "The processes' parameters differ after a step: the learner does not "
+                        "average its meta-gradient over the processes (metajax's learners do). "
+                        "For a learner of your own, chain metajax.mean_across() before its "
+                        "outer optimizer, e.g. optax.chain(metajax.mean_across(), "
+                        "optax.adam(1e-3)).")
                 loss = np.asarray(metrics["loss"])
                 if not np.all(np.isfinite(loss)):
                     bad = current + 1 + int(np.argmin(np.isfinite(loss)))
