@@ -36,6 +36,11 @@ def map_task_chunks(
     chunks are not a loop inside one XLA program: XLA:CPU runs convolutions inside a loop
     body on a slow generic path, so conv nets evaluate several times faster this way.
 
+    In a program of several JAX processes (:func:`metajax.init_process`), the chunks are
+    shared out: process ``p`` runs chunks ``p, p + P, ...`` (``chunk_size=None``: one chunk
+    of ``ceil(n / P)`` tasks each), and every process returns all the outputs (gathered
+    over the processes). Every process must make the same calls.
+
     Args:
         fn: ``fn(tasks) -> pytree`` whose leaves carry the task axis at ``out_axis``
             (e.g. a jitted evaluator with its other arguments bound).
@@ -56,6 +61,8 @@ def map_task_chunks(
     """
     chunk_size = check_chunk_size(chunk_size)
     n = num_tasks(tasks)
+    if jax.process_count() > 1:
+        return _map_over_processes(fn, tasks, n, chunk_size, out_axis)
     if chunk_size is None or chunk_size >= n:
         return fn(tasks)
     outputs = []
@@ -70,3 +77,28 @@ def map_task_chunks(
         outputs.append(jax.tree.map(
             lambda o, k=stop - start: jax.lax.slice_in_dim(o, 0, k, axis=out_axis), out))
     return jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=out_axis), *outputs)
+
+
+def _map_over_processes(fn, tasks: TaskBatch, n: int, chunk_size: int | None,
+                        out_axis: int) -> PyTree:
+    """:func:`map_task_chunks` with the chunks shared out over ``jax.process_count()``
+    processes and the outputs gathered on every process."""
+    from jax.experimental import multihost_utils
+
+    processes, me = jax.process_count(), jax.process_index()
+    size = chunk_size if chunk_size is not None else -(-n // processes)
+    chunks = -(-n // size)
+    rounds = -(-chunks // processes)  # chunks per process (the last ones may wrap around)
+    outputs = []
+    for r in range(rounds):
+        index = np.arange((r * processes + me) * size, (r * processes + me + 1) * size) % n
+        outputs.append(jax.device_get(fn(jax.tree.map(lambda a, i=index: a[i], tasks))))
+    local = jax.tree.map(lambda *parts: np.stack(parts), *outputs)  # [rounds, ...]
+    gathered = multihost_utils.process_allgather(local)  # [processes, rounds, ...]
+
+    def join(g):
+        chunks = np.swapaxes(g, 0, 1).reshape(-1, *g.shape[2:])  # in chunk order
+        joined = np.concatenate(list(chunks), axis=out_axis)
+        return jnp.asarray(np.take(joined, np.arange(n), axis=out_axis))
+
+    return jax.tree.map(join, gathered)

@@ -17,8 +17,8 @@ from metajax._src.checkpoint import Checkpointer
 from metajax._src.chunking import check_chunk_size, map_task_chunks
 from metajax._src.evaluate import make_evaluator, summarize
 from metajax._src.loop import Sampler
+from metajax._src.processes import task_split
 from metajax._src.run_io import RunWriter
-from metajax._src.sharding import task_mesh
 from metajax._src.training import TrainResult, meta_train
 from metajax._src.types import MetaLearner, Params, TaskBatch
 
@@ -100,8 +100,11 @@ def run_pretraining(pretraining: Pretraining, *, key: jax.Array, num_steps: int,
     options = {**options, "sample_args": tuple(pretraining.sample_args)}
     if pretraining.checkpointer is not None:
         options["checkpointer"] = pretraining.checkpointer
-    if pretraining.batch_size % jax.device_count():
-        options["mesh"] = None  # the batch axis cannot be split evenly over the devices
+    if options.get("shard_map") or pretraining.batch_size % jax.device_count():
+        # Not split: the batch axis does not divide evenly over the devices, or the devices
+        # are CPU processes, whose shards would each normalise their own part of the batch
+        # (batch norm); run on every process instead, with the one-process result.
+        options["mesh"], options["shard_map"] = None, False
     options.setdefault("desc", "pretrained")
     result = meta_train(pretraining.learner.step, pretraining.learner.init(pretraining.params),
                         pretraining.sample, key=key, num_steps=num_steps,
@@ -256,13 +259,17 @@ def compare_with_baselines(
 
     With several devices (GPUs, TPU cores, hosts after ``jax.distributed.initialize()``, or
     ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` on CPU) and a meta-batch that is a
-    multiple of their number, meta-training shards the task axis over all of them.
+    multiple of their number, meta-training shards the task axis over all of them. In a
+    program of several CPU processes (:func:`metajax.init_process`, ``metajax run
+    --processes N``) meta-training and joint pre-training split each meta-batch between the
+    processes under ``shard_map`` (:func:`metajax.task_split`), a ``pretraining`` phase runs
+    on every process (its batch norm spans the whole minibatch), and validation and test
+    episodes are shared out between the processes (:func:`map_task_chunks`); every process
+    ends with the same summary, equal to one process's up to float rounding.
     """
     t0 = time.perf_counter()
     chunk_size = check_chunk_size(chunk_size)
-    mesh = None
-    if jax.device_count() > 1 and tasks_per_step % jax.device_count() == 0:
-        mesh = task_mesh()  # several devices: the task axis is sharded over all of them
+    split = task_split(tasks_per_step)  # several devices or CPU processes share the tasks
     root = jax.random.PRNGKey(seed)
     train_key = jax.random.fold_in(root, 0)
     init_params = init_fn(jax.random.fold_in(root, 1))
@@ -295,12 +302,12 @@ def compare_with_baselines(
     def phase(method):
         """Checkpointing options of one training phase; drops records past its checkpoint."""
         if writer is None:
-            return {"on_record": log(method), "mesh": mesh}
+            return {"on_record": log(method), **split}
         checkpointer = writer.checkpointer(method)
         steps = checkpointer.steps()
         writer.drop_records_after(method, steps[-1] if steps else 0)
         return {"on_record": log(method), "checkpointer": checkpointer,
-                "checkpoint_every": checkpoint_every, "mesh": mesh}
+                "checkpoint_every": checkpoint_every, **split}
 
     loop = {"sample_args": sample_args, "steps_per_call": steps_per_call, "unroll": unroll,
             "log_every": log_every, "progress": progress}

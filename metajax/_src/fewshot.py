@@ -20,6 +20,7 @@ from metajax._src.evaluate import mean_ci95
 from metajax._src.finetune import finetune_head
 from metajax._src.loop import Sampler
 from metajax._src.metric import EmbedFn, TaskLossFn, check_n_way, make_episode_evaluator
+from metajax._src.processes import task_split
 from metajax._src.run_io import RunWriter, read_records
 from metajax._src.tasks.gaussian import gaussian_classes
 from metajax._src.tasks.streams import split_key
@@ -299,7 +300,8 @@ def compare_metric_learner(
                        sample_args=sample_args, steps_per_call=steps_per_call, unroll=unroll,
                        log_every=log_every, validate=validate,
                        val_every=val_every or max(num_steps // 10, 1), val_metric="accuracy",
-                       higher_is_better=True, on_record=on_record, progress=progress, desc=name)
+                       higher_is_better=True, on_record=on_record, progress=progress, desc=name,
+                       **task_split(tasks_per_step))
     t_meta = time.perf_counter() - t0
 
     scratch = learner.init(init_fn(jax.random.fold_in(root, 2))).params

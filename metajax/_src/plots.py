@@ -17,6 +17,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path) -> None:
+    """Writes ``fig`` to ``path`` (process 0 only, see ``is_writer_process``) and closes it."""
+    from metajax._src.run_io import is_writer_process
+
+    if is_writer_process():
+        fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
 def plot_learning_curve(records: Sequence[dict], path: str | os.PathLike, *,
                         metric: str = "loss", log_scale: bool = True) -> None:
     """Plots training (and validation, where logged) ``metric`` against step, per method.
@@ -44,8 +53,7 @@ def plot_learning_curve(records: Sequence[dict], path: str | os.PathLike, *,
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_metric_vs_time(
@@ -100,8 +108,7 @@ def plot_metric_vs_time(
     if drawn:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return drawn
 
 
@@ -136,8 +143,7 @@ def plot_regression_tasks(
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def predict_adapted(apply: Callable, adapt_fn: Callable, params, support, x_grid) -> np.ndarray:

@@ -77,7 +77,9 @@ class RunWriter:
 
     def drop_records_after(self, method: str, step: int) -> None:
         """Removes ``method``'s records past ``step`` from ``metrics.jsonl`` (on resume, the
-        steps after the last checkpoint are trained and logged again)."""
+        steps after the last checkpoint are trained and logged again; process 0 only)."""
+        if not is_writer_process():
+            return
         path = self.out_dir / "metrics.jsonl"
         records = read_records(path)
         kept = [r for r in records if not (r.get("method") == method and r["step"] > step)]
