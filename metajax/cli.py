@@ -111,23 +111,117 @@ def _prepare_run_dir(args, module, name: str):
     return config, out
 
 
-def _cmd_run(args) -> int:
-    from metajax._src.checkpoint import CheckpointError
-    from metajax._src.training import Interrupted
+def _free_port() -> int:
+    import socket
 
-    module = load_experiment(args.experiment)
-    name = Path(args.experiment).stem
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _launch_processes(args, module, name: str) -> int:
+    """``metajax run --processes N``: the run directory, then N worker processes of this
+    command (one per CPU core, see :func:`metajax.init_process`); returns their exit code."""
+    import signal
+    import subprocess
+
+    n = args.processes
     try:
         config, out = _prepare_run_dir(args, module, name)
     except ConfigError as err:
         print(f"metajax run {args.experiment}: {err}", file=sys.stderr)
         return 2
-    print(f"metajax run {name} -> {out}" + (" (resuming)" if args.resume else ""),
-          file=sys.stderr)
+    meta_batch = getattr(config, "meta_batch", None)
+    if isinstance(meta_batch, int) and meta_batch % n:
+        print(f"metajax run {name}: --processes {n} splits each meta-batch between the "
+              f"processes; meta_batch ({meta_batch}) must be a multiple of {n}.", file=sys.stderr)
+        return 2
+    cores = len(os.sched_getaffinity(0))
+    print(f"metajax run {name} -> {out}" + (" (resuming)" if args.resume else "")
+          + f", {n} processes on {cores} cores", file=sys.stderr)
+    if n > cores:
+        print(f"warning: {n} processes share {cores} cores; one process per core is the point.",
+              file=sys.stderr)
+    command = [sys.executable, "-m", "metajax.cli", "run", args.experiment, "--resume", str(out),
+               "--processes", str(n), "--coordinator", f"localhost:{_free_port()}"]
+    if args.no_progress:
+        command.append("--no-progress")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    workers = []
+    for i in range(n):  # process 0 talks to the terminal; the others log to files
+        log = None if i == 0 else open(out / f"process-{i}.log", "w")  # noqa: SIM115
+        workers.append((subprocess.Popen(command + ["--process-id", str(i)], env=env,
+                                         stdout=subprocess.DEVNULL if i else None,
+                                         stderr=log), log))
+    # Ctrl-C reaches the workers (same process group): they stop at the same step and
+    # process 0 writes the checkpoint. Here it only must not kill the launcher.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        codes = _wait_workers([w for w, _ in workers])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for _, log in workers:
+            if log is not None:
+                log.close()
+    failed = [(i, c) for i, c in enumerate(codes) if c != 0]
+    if failed:
+        i, code = failed[0]
+        if i:
+            print(f"metajax run {name}: process {i} exited with {code}; see "
+                  f"{out / f'process-{i}.log'}", file=sys.stderr)
+        return code
+    return 0
+
+
+def _wait_workers(workers, grace: float = 30.0) -> list[int]:
+    """Exit codes of ``workers``; once one fails, the others get ``grace`` seconds (they may
+    be waiting for it in a collective) before they are killed."""
+    deadline = None
+    while True:
+        codes = [w.poll() for w in workers]
+        if all(c is not None for c in codes):
+            return codes
+        if deadline is None and any(c not in (None, 0) for c in codes):
+            deadline = time.monotonic() + grace
+        if deadline is not None and time.monotonic() > deadline:
+            for w in workers:
+                if w.poll() is None:
+                    w.kill()
+            return [w.wait() for w in workers]
+        time.sleep(0.2)
+
+
+def _cmd_run(args) -> int:
+    from metajax._src.checkpoint import CheckpointError
+    from metajax._src.training import Interrupted
+
+    if args.processes < 1:
+        print(f"metajax run: --processes must be >= 1; got {args.processes}.", file=sys.stderr)
+        return 2
+    module = load_experiment(args.experiment)
+    name = Path(args.experiment).stem
+    worker = args.process_id is not None
+    if args.processes > 1 and not worker:
+        return _launch_processes(args, module, name)
+    if worker:  # first, before JAX creates its backend
+        from metajax._src.processes import init_process
+
+        init_process(args.process_id, args.processes, coordinator=args.coordinator)
+    try:
+        config, out = _prepare_run_dir(args, module, name)
+    except ConfigError as err:
+        print(f"metajax run {args.experiment}: {err}", file=sys.stderr)
+        return 2
+    if not worker:
+        print(f"metajax run {name} -> {out}" + (" (resuming)" if args.resume else ""),
+              file=sys.stderr)
+    processes = f" --processes {args.processes}" if worker else ""
     try:
         summary = module.main(config, out, progress=not args.no_progress)
     except Interrupted as err:
-        print(f"\n{err} Continue with: metajax run {name} --resume {out}", file=sys.stderr)
+        if not args.process_id:
+            print(f"\n{err} Continue with: metajax run {name} --resume {out}{processes}",
+                  file=sys.stderr)
         return 130
     except FloatingPointError as err:
         print(f"metajax run {name}: {err}", file=sys.stderr)
@@ -135,6 +229,8 @@ def _cmd_run(args) -> int:
     except CheckpointError as err:
         print(f"metajax run {name}: {err}", file=sys.stderr)
         return 2
+    if args.process_id:  # not process 0: the same results, printed by process 0
+        return 0
     if isinstance(summary, dict) and "results" in summary:
         from metajax._src.comparison import format_table
 
@@ -312,6 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR from its newest checkpoint")
     p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p_run.add_argument("--processes", type=int, default=1, metavar="N",
+                       help="run as N single-threaded processes, one per CPU core, each "
+                            "meta-batch split between them and evaluation shared out (CPU; "
+                            "meta_batch a multiple of N); the fastest way to train conv nets "
+                            "on a multi-core CPU")
+    p_run.add_argument("--process-id", type=int, help=argparse.SUPPRESS)  # set by the launcher
+    p_run.add_argument("--coordinator", help=argparse.SUPPRESS)
     p_run.set_defaults(func=_cmd_run)
     p_sweep = sub.add_parser("sweep", help="run a grid of configs x seeds; one program "
                                            "where the swept keys keep shapes fixed")

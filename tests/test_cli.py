@@ -98,3 +98,46 @@ def test_console_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "metajax.cli", "list"], capture_output=True,
                           text=True, cwd=Path(__file__).parent, check=False)
     assert proc.returncode == 0 and "sinusoid_maml" in proc.stdout
+
+
+def _summary_numbers(summary: dict, prefix: str = "") -> dict[str, float]:
+    """Every float of a summary (timings left out), keyed by its path."""
+    out = {}
+    for key, value in summary.items():
+        path = f"{prefix}/{key}"
+        if isinstance(value, dict):
+            out.update(_summary_numbers(value, path))
+        elif isinstance(value, float) and "seconds" not in path:
+            out[path] = value
+    return out
+
+
+def test_processes_run_equals_one_process(tmp_path, capsys):
+    """``--processes 2``: two single-threaded workers split every meta-batch and share out the
+    evaluation episodes; the run directory and table equal one process's."""
+    overrides = sum((["--set", s] for s in TINY["sinusoid_maml"] + ["meta_batch=4"]), [])
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli.main(["run", "sinusoid_maml", "--out", str(one), "--no-progress", *overrides]) == 0
+    capsys.readouterr()
+    assert cli.main(["run", "sinusoid_maml", "--out", str(two), "--no-progress",
+                     "--processes", "2", *overrides]) == 0
+    assert "2 processes" in capsys.readouterr().err
+    want = _summary_numbers(json.loads((one / "summary.json").read_text()))
+    got = _summary_numbers(json.loads((two / "summary.json").read_text()))
+    assert set(got) == set(want) and len(want) > 20
+    for path, value in want.items():
+        assert abs(got[path] - value) <= 1e-5 * max(1.0, abs(value)), path
+    records = [(one / "metrics.jsonl").read_text(), (two / "metrics.jsonl").read_text()]
+    steps = [[(json.loads(line)["method"], json.loads(line)["step"]) for line in r.splitlines()]
+             for r in records]
+    assert steps[0] == steps[1]  # written once, by process 0
+    assert (two / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--processes", "0"], "--processes must be >= 1"),
+    (["--processes", "2", "--set", "meta_batch=3"], "must be a multiple of 2"),
+])
+def test_processes_bad_input(flags, message, tmp_path, capsys):
+    assert cli.main(["run", "sinusoid_maml", "--out", str(tmp_path / "r"), *flags]) == 2
+    assert message in capsys.readouterr().err

@@ -46,6 +46,13 @@ tasks = metajax.to_global(tasks, mesh, share=True)
 for _ in range(2):
     state, metrics = step(state, tasks)
 params = metajax.local_value(state.params)
+from metajax._src.chunking import map_task_chunks
+many = metajax.TaskBatch(jnp.arange(7.0)[:, None], jnp.arange(7)[:, None])
+chunks = {str(c): map_task_chunks(lambda t: {"a": t.support[None, :, 0] * 2,
+                                              "b": t.query[None, :, 0] + 1},
+                                  many, chunk_size=c, out_axis=1)
+          for c in (None, 1, 2, 3, 4, 7, 9)}
+chunks = {c: {"a": o["a"].tolist(), "b": o["b"].tolist()} for c, o in chunks.items()}
 try:
     metajax.to_global(jax.tree.map(lambda x: x[:3], tasks_host), mesh, share=True)
     bad = ""
@@ -54,7 +61,7 @@ except ValueError as e:
 json.dump({"params": jax.tree.map(lambda x: x.tolist(), params),
            "loss": float(metajax.local_value(metrics["loss"])),
            "drift": float(metajax.local_value(metrics["replica_drift"])),
-           "bad": bad,
+           "bad": bad, "chunks": chunks,
            "local_rows": int(tasks.query[0].addressable_data(0).shape[0]),
            "threads": len(__import__("os").sched_getaffinity(0))},
           open(out, "w"))
@@ -66,11 +73,25 @@ import functools, jax, jax.numpy as jnp, optax
 import metajax
 from metajax._src.training import meta_train
 
-def train(outer_opt, mesh=None):
+def own_learner(loss, outer_opt):
+    # A learner of one's own: plain gradient of the mean query loss, no averaging.
+    def init(p):
+        return metajax.MetaState(p, outer_opt.init(p), jnp.zeros((), jnp.int32))
+    def step(state, tasks):
+        mean = lambda p: jnp.mean(jax.vmap(loss, (None, 0))(p, tasks.query))
+        value, grads = jax.value_and_grad(mean)(state.params)
+        updates, opt_state = outer_opt.update(grads, state.opt_state)
+        return metajax.MetaState(optax.apply_updates(state.params, updates), opt_state,
+                                 state.step + 1), {"loss": value}
+    return metajax.MetaLearner(init, step)
+
+def train(outer_opt, mesh=None, kind="maml"):
     model = metajax.models.MLP(features=(16, 16, 1))
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)))["params"]
     loss = lambda p, batch: jnp.mean((model.apply({"params": p}, batch[0]) - batch[1]) ** 2)
-    learner = metajax.maml(loss, outer_opt, inner_steps=1, inner_lr=0.01)
+    learner = {"maml": lambda: metajax.maml(loss, outer_opt, inner_steps=1, inner_lr=0.01),
+               "reptile": lambda: metajax.reptile(loss, outer_opt, inner_steps=2, inner_lr=0.01),
+               "own": lambda: own_learner(loss, outer_opt)}[kind]()
     sample = functools.partial(metajax.tasks.sinusoid, n_tasks=4)
     val = functools.partial(metajax.tasks.sinusoid, n_tasks=8)(jax.random.PRNGKey(9))
     validate = lambda p: {"loss": float(loss(p, val.query))}
@@ -82,16 +103,20 @@ def train(outer_opt, mesh=None):
 
 TRAIN_WORKER = TRAIN_SETUP + """
 import json, sys
-process_id, port, out, average = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+process_id, port, out, kinds = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
 mesh = metajax.init_process(process_id, 2, coordinator=f"localhost:{port}")
-outer = optax.chain(metajax.mean_across(), optax.sgd(0.05)) if average else optax.sgd(0.05)
-try:
-    result = train(outer, mesh)
-    record = {"params": jax.tree.map(lambda x: x.tolist(), result.state.params),
-              "history": result.history, "step": int(result.state.step)}
-except RuntimeError as err:
-    record = {"error": str(err)}
-json.dump(record, open(out, "w"))
+records = {}
+for kind in kinds:  # "maml", "reptile", "own"; "+" chains mean_across before the optimizer
+    base = kind.rstrip("+")
+    outer = optax.chain(metajax.mean_across(), optax.sgd(0.05)) if kind.endswith("+") \
+        else optax.sgd(0.05)
+    try:
+        result = train(outer, mesh, base)
+        records[kind] = {"params": jax.tree.map(lambda x: x.tolist(), result.state.params),
+                         "history": result.history, "step": int(result.state.step)}
+    except RuntimeError as err:
+        records[kind] = {"error": str(err)}
+json.dump(records, open(out, "w"))
 """
 
 
@@ -127,12 +152,25 @@ def two_process_run(tmp_path_factory):
     return _run_two(tmp_path_factory.mktemp("processes"), WORKER)
 
 
-def test_meta_train_over_two_processes_equals_one_process(tmp_path):
+@pytest.fixture(scope="module")
+def two_process_training(tmp_path_factory):
+    return _run_two(tmp_path_factory.mktemp("training"), TRAIN_WORKER,
+                    "maml", "maml+", "reptile", "own", "own+")
+
+
+@pytest.mark.parametrize("kind", ["maml", "maml+", "reptile", "own+"])
+def test_meta_train_over_two_processes_equals_one_process(two_process_training, kind):
+    """metajax's learners average over the processes by themselves (``maml``, ``reptile``);
+    chaining mean_across as well changes nothing (``maml+``); one's own learner needs it
+    (``own+``)."""
     namespace = {}
     exec(textwrap.dedent(TRAIN_SETUP), namespace)
-    expected = namespace["train"](optax.sgd(0.05))
-    runs = _run_two(tmp_path, TRAIN_WORKER, "1")
-    for run in runs:
+    expected = namespace["train"](optax.sgd(0.05), kind=kind.rstrip("+"))
+    initial = namespace["train"](optax.sgd(0.0), kind=kind.rstrip("+")).state.params
+    moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(
+        jax.tree.leaves(expected.state.params), jax.tree.leaves(initial), strict=True))
+    assert moved > 1e-3  # not a vacuous comparison
+    for run in (r[kind] for r in two_process_training):
         assert run["step"] == 12
         assert_trees_all_close(_arrays(run["params"]),
                                jax.tree.map(np.asarray, expected.state.params),
@@ -143,9 +181,23 @@ def test_meta_train_over_two_processes_equals_one_process(tmp_path):
             assert abs(got["val_loss"] - want["val_loss"]) < 1e-4 * abs(want["val_loss"])
 
 
-def test_meta_train_refuses_processes_that_do_not_average(tmp_path):
-    runs = _run_two(tmp_path, TRAIN_WORKER, "0")
-    assert all("mean_across" in run.get("error", "") for run in runs)
+def test_meta_train_refuses_processes_that_do_not_average(two_process_training):
+    assert all("mean_across" in run["own"].get("error", "") for run in two_process_training)
+
+
+def test_chunks_are_shared_out_and_gathered_over_the_processes(two_process_run):
+    from metajax._src.chunking import map_task_chunks
+
+    many = metajax.TaskBatch(jnp.arange(7.0)[:, None], jnp.arange(7)[:, None])
+    for chunk, got in two_process_run[0]["chunks"].items():
+        want = map_task_chunks(lambda t: {"a": t.support[None, :, 0] * 2,
+                                          "b": t.query[None, :, 0] + 1},
+                               many, chunk_size=None if chunk == "None" else int(chunk),
+                               out_axis=1)
+        np.testing.assert_array_equal(got["a"], [np.arange(7.0) * 2], err_msg=chunk)
+        np.testing.assert_array_equal(got["b"], [np.arange(7) + 1], err_msg=chunk)
+        np.testing.assert_array_equal(want["b"], [np.arange(7) + 1], err_msg=chunk)
+        assert two_process_run[1]["chunks"][chunk] == got  # every process has all outputs
 
 
 def test_two_processes_equal_one_process_on_the_whole_meta_batch(two_process_run):
