@@ -24,8 +24,8 @@ Every peer runs in its own fresh subprocess, one after another, in this one invo
 * ``torch.func vmap``: ``torch.func.vmap`` of ``torch.func.grad`` over the tasks.
 * ``metajax conv4 processes``: one single-threaded process per thread (``--threads``), each
   pinned to a core and meta-training on its share of the meta-batch
-  (:func:`metajax.init_process`, :func:`metajax.process_step`, meta-gradients averaged by
-  :func:`metajax.mean_across` over gloo).
+  (:func:`metajax.init_process`, :func:`metajax.process_step`; the learner averages its
+  meta-gradients over the processes, an all-reduce over gloo).
 * ``torch loop processes``: the PyTorch peer split the same way (one single-threaded process
   per core on its share of the tasks, gradients averaged with ``torch.distributed``
   ``all_reduce`` over gloo before Adam): what the same idea gives PyTorch.
@@ -158,10 +158,7 @@ def run_metajax(args, model_name: str, strategy: str):
     variables = model.init(jax.random.PRNGKey(1), tasks.support[0][0])
     loss_fn = losses.cross_entropy(models.linen_apply(model, variables))
     kwargs = {} if strategy == "auto" else {"task_batching": strategy}
-    outer = optax.adam(1e-3)
-    if mesh is not None:
-        outer = optax.chain(metajax.mean_across(), outer)
-    learner = metajax.maml(loss_fn, outer, inner_steps=1, inner_lr=args.inner_lr,
+    learner = metajax.maml(loss_fn, optax.adam(1e-3), inner_steps=1, inner_lr=args.inner_lr,
                            first_order=args.order == "first", has_aux=True,
                            track_pre_adaptation=False, **kwargs)
     state = learner.init(variables["params"])

@@ -16,6 +16,8 @@ meta-batch 32 (5-way) or 16 (20-way), 60k outer steps, one query per class in tr
 - the paper's scale (GPU): ``--set features=64 --set meta_batch=32 --set num_steps=60000
   --set pretrain_steps=60000 --set n_query=1 --set steps_per_call=100 --set unroll=false
   --set eval_chunk=100``
+- on a CPU with N cores: add ``--processes N`` (one single-threaded process per core, each
+  meta-batch split between them; ``meta_batch`` a multiple of N)
 
 Data: ``data_root`` (or ``$METAJAX_DATA``) must hold ``omniglot/images_background.zip``,
 ``omniglot/images_evaluation.zip`` and ``omniglot/splits/`` (Vinyals split). Training uses

@@ -15,6 +15,7 @@ from types import ModuleType
 from metajax._src.config import ConfigError, apply_overrides, config_from_dict, describe_fields
 
 ENV_EXPERIMENTS = "METAJAX_EXPERIMENTS"
+WORKER_GRACE_SECONDS = 30.0  # --processes: how long the others may run on after one failed
 
 
 def experiment_dirs() -> list[Path]:
@@ -157,23 +158,20 @@ def _launch_processes(args, module, name: str) -> int:
     # process 0 writes the checkpoint. Here it only must not kill the launcher.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        codes = _wait_workers([w for w, _ in workers])
+        codes = _wait_workers([w for w, _ in workers], WORKER_GRACE_SECONDS)
     finally:
         signal.signal(signal.SIGINT, previous)
         for _, log in workers:
             if log is not None:
                 log.close()
-    failed = [(i, c) for i, c in enumerate(codes) if c != 0]
-    if failed:
-        i, code = failed[0]
-        if i:
+    for i, code in enumerate(codes[1:], start=1):
+        if code != 0:
             print(f"metajax run {name}: process {i} exited with {code}; see "
                   f"{out / f'process-{i}.log'}", file=sys.stderr)
-        return code
-    return 0
+    return codes[0] or next((c for c in codes if c != 0), 0)
 
 
-def _wait_workers(workers, grace: float = 30.0) -> list[int]:
+def _wait_workers(workers, grace: float) -> list[int]:
     """Exit codes of ``workers``; once one fails, the others get ``grace`` seconds (they may
     be waiting for it in a collective) before they are killed."""
     deadline = None

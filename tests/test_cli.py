@@ -141,3 +141,27 @@ def test_processes_run_equals_one_process(tmp_path, capsys):
 def test_processes_bad_input(flags, message, tmp_path, capsys):
     assert cli.main(["run", "sinusoid_maml", "--out", str(tmp_path / "r"), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_processes_failed_worker_stops_the_run(tmp_path, monkeypatch, capsys):
+    """Process 1 fails while process 0 waits for it in a collective: the launcher reports
+    process 1 and its log, and does not hang."""
+    module = tmp_path / "half_broken.py"
+    module.write_text(
+        "from __future__ import annotations\n"
+        "import dataclasses\n"
+        "import jax, numpy as np\n"
+        "from jax.experimental import multihost_utils\n"
+        "@dataclasses.dataclass(frozen=True)\n"
+        "class Config:\n"
+        "    x: int = 1\n"
+        "def main(config, out_dir, *, progress=True):\n"
+        "    if jax.process_index() == 1:\n"
+        "        raise RuntimeError('worker one broke')\n"
+        "    multihost_utils.process_allgather(np.ones(3))\n"
+    )
+    monkeypatch.setattr(cli, "WORKER_GRACE_SECONDS", 3.0)
+    out = tmp_path / "out"
+    assert cli.main(["run", str(module), "--out", str(out), "--processes", "2"]) != 0
+    assert "process 1 exited" in capsys.readouterr().err
+    assert "worker one broke" in (out / "process-1.log").read_text()
