@@ -165,7 +165,7 @@ def _launch_processes(args, module, name: str) -> int:
             if log is not None:
                 log.close()
     for i, code in enumerate(codes[1:], start=1):
-        if code != 0:
+        if code != 0 and not code == codes[0] == 130:  # 130: all stopped by Ctrl-C
             print(f"metajax run {name}: process {i} exited with {code}; see "
                   f"{out / f'process-{i}.log'}", file=sys.stderr)
     return codes[0] or next((c for c in codes if c != 0), 0)

@@ -165,3 +165,38 @@ def test_processes_failed_worker_stops_the_run(tmp_path, monkeypatch, capsys):
     assert cli.main(["run", str(module), "--out", str(out), "--processes", "2"]) != 0
     assert "process 1 exited" in capsys.readouterr().err
     assert "worker one broke" in (out / "process-1.log").read_text()
+
+
+def test_processes_run_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+    """Ctrl-C reaches every worker; process 0 checkpoints, and ``--resume DIR --processes 2``
+    ends with the uninterrupted run's results."""
+    import os
+    import signal
+    import time
+
+    overrides = sum((["--set", s] for s in [
+        "num_steps=900", "pretrain_steps=10", "meta_batch=4", "test_tasks=8", "val_tasks=4",
+        "val_every=300", "log_every=100", "steps_per_call=50", "eval_n_query=7",
+        "hidden=8,8", "plot_tasks=0", "baseline_lrs=0.01,0.1"]), [])
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert cli.main(["run", "sinusoid_maml", "--out", str(whole), "--no-progress",
+                     "--processes", "2", *overrides]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "metajax.cli", "run", "sinusoid_maml",
+                             "--out", str(cut), "--no-progress", "--processes", "2",
+                             *overrides], start_new_session=True, stderr=subprocess.PIPE,
+                            text=True)
+    first = cut / "checkpoints" / "maml" / "ckpt-0000000300.msgpack"
+    deadline = time.monotonic() + 300
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err and "--processes 2" in err
+    assert cli.main(["run", "sinusoid_maml", "--resume", str(cut), "--no-progress",
+                     "--processes", "2"]) == 0
+    done = [json.loads((d / "summary.json").read_text()) for d in (whole, cut)]
+    assert done[0]["results"] == done[1]["results"]
+    steps = [[json.loads(line)["step"] for line in (d / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["method"] == "maml"] for d in (whole, cut)]
+    assert steps[0] == steps[1] == list(range(100, 901, 100))
