@@ -440,7 +440,34 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         _enable_compilation_cache()
+    if getattr(args, "process_id", None) is not None:
+        return _run_worker(args)
     return args.func(args)
+
+
+def _run_worker(args) -> int:
+    """A ``--processes`` worker. It leaves at once when it fails: a normal exit would wait
+    for the other processes in JAX's distributed shutdown, and they may be waiting for it."""
+    import traceback
+
+    try:
+        code = args.func(args)
+    except SystemExit as exit_:  # e.g. a bad --resume directory: its message, its code
+        if exit_.code not in (None, 0) and not isinstance(exit_.code, int):
+            print(exit_.code, file=sys.stderr)
+        code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
+    except KeyboardInterrupt:  # outside meta-training's Ctrl-C handling (e.g. evaluation)
+        if args.process_id == 0:
+            print("\nInterrupted.", file=sys.stderr)
+        code = 130
+    except BaseException:  # noqa: BLE001 - reported here, then the process leaves
+        traceback.print_exc()
+        code = 1
+    if code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

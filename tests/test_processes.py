@@ -85,7 +85,7 @@ def own_learner(loss, outer_opt):
                                  state.step + 1), {"loss": value}
     return metajax.MetaLearner(init, step)
 
-def train(outer_opt, mesh=None, kind="maml"):
+def train(outer_opt, mesh=None, kind="maml", on_record=None):
     model = metajax.models.MLP(features=(16, 16, 1))
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)))["params"]
     loss = lambda p, batch: jnp.mean((model.apply({"params": p}, batch[0]) - batch[1]) ** 2)
@@ -98,7 +98,7 @@ def train(outer_opt, mesh=None, kind="maml"):
     return meta_train(learner.step, learner.init(params), sample, key=jax.random.PRNGKey(3),
                       num_steps=12, tasks_per_step=4, steps_per_call=3, log_every=6,
                       validate=validate, val_every=6, progress=False, mesh=mesh,
-                      shard_map=mesh is not None)
+                      shard_map=mesh is not None, on_record=on_record)
 """
 
 TRAIN_WORKER = TRAIN_SETUP + """
@@ -106,15 +106,22 @@ import json, sys
 process_id, port, out, kinds = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
 mesh = metajax.init_process(process_id, 2, coordinator=f"localhost:{port}")
 records = {}
+def ctrl_c_on_process_1(record):  # Ctrl-C that reaches process 1 only, after step 6
+    if process_id == 1 and record["step"] == 6:
+        import os, signal
+        os.kill(os.getpid(), signal.SIGINT)
+
+from metajax._src.training import Interrupted
 for kind in kinds:  # "maml", "reptile", "own"; "+" chains mean_across before the optimizer
-    base = kind.rstrip("+")
+    base = kind.rstrip("+")                  # "stop": maml, Ctrl-C on process 1 only
     outer = optax.chain(metajax.mean_across(), optax.sgd(0.05)) if kind.endswith("+") \
         else optax.sgd(0.05)
     try:
-        result = train(outer, mesh, base)
+        result = train(outer, mesh, "maml" if base == "stop" else base,
+                       ctrl_c_on_process_1 if base == "stop" else None)
         records[kind] = {"params": jax.tree.map(lambda x: x.tolist(), result.state.params),
                          "history": result.history, "step": int(result.state.step)}
-    except RuntimeError as err:
+    except (RuntimeError, Interrupted) as err:
         records[kind] = {"error": str(err)}
 json.dump(records, open(out, "w"))
 """
@@ -155,7 +162,7 @@ def two_process_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_process_training(tmp_path_factory):
     return _run_two(tmp_path_factory.mktemp("training"), TRAIN_WORKER,
-                    "maml", "maml+", "reptile", "own", "own+")
+                    "maml", "maml+", "reptile", "own", "own+", "stop")
 
 
 @pytest.mark.parametrize("kind", ["maml", "maml+", "reptile", "own+"])
@@ -183,6 +190,13 @@ def test_meta_train_over_two_processes_equals_one_process(two_process_training, 
 
 def test_meta_train_refuses_processes_that_do_not_average(two_process_training):
     assert all("mean_across" in run["own"].get("error", "") for run in two_process_training)
+
+
+def test_ctrl_c_on_one_process_stops_all_at_the_same_step(two_process_training):
+    """The processes decide together after every chunk: one stopping alone would leave the
+    other waiting for it in the next chunk's collectives (the test would hang)."""
+    assert [run["stop"].get("error") for run in two_process_training] == \
+        ["Interrupted at step 9."] * 2
 
 
 def test_chunks_are_shared_out_and_gathered_over_the_processes(two_process_run):

@@ -84,6 +84,13 @@ def _deferred_sigint():
         signal.signal(signal.SIGINT, previous)
 
 
+def _any_process(flag: bool) -> bool:
+    """Whether ``flag`` is set on any of the program's processes (a collective)."""
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
 def meta_train(
     step: Callable[[MetaState, TaskBatch], tuple[MetaState, Metrics]],
     state: MetaState,
@@ -216,6 +223,11 @@ def meta_train(
                dynamic_ncols=True)
     chunk_metrics: list[dict] = []
     t_log, steps_since_log, current = time.perf_counter(), 0, start
+    # Across processes (shard_map), Ctrl-C stops every process after the same chunk: they
+    # decide together (a process that stopped alone would leave the others waiting for it in
+    # the next chunk's collectives), and the decision holds until the next chunk.
+    agreed = _any_process if shard_map else bool
+    stopping = False
     with _deferred_sigint() as interrupt:
         for target in points:
             while current < target:
@@ -251,7 +263,8 @@ def meta_train(
                 current += n
                 steps_since_log += n
                 bar.update(n)
-                if interrupt["set"]:
+                stopping = agreed(interrupt["set"])
+                if stopping:
                     break
             if current in log_points and steps_since_log:
                 elapsed = time.perf_counter() - t_log
@@ -275,9 +288,10 @@ def meta_train(
                 bar.set_postfix(loss=f"{record['loss']:.4g}",
                                 tasks_s=f"{record['tasks_per_s']:.3g}", refresh=False)
                 chunk_metrics, steps_since_log, t_log = [], 0, time.perf_counter()
-            if checkpointer is not None and (current in ckpt_points or interrupt["set"]):
+            stopping = stopping if shard_map else interrupt["set"]
+            if checkpointer is not None and (current in ckpt_points or stopping):
                 save(current)
-            if interrupt["set"]:
+            if stopping:
                 bar.close()
                 where = f"; checkpoint saved at step {current}" if checkpointer else ""
                 raise Interrupted(f"Interrupted at step {current}{where}.")
