@@ -97,8 +97,8 @@ def _map_over_processes(fn, tasks: TaskBatch, n: int, chunk_size: int | None,
     gathered = multihost_utils.process_allgather(local)  # [processes, rounds, ...]
 
     def join(g):
-        chunks = np.swapaxes(g, 0, 1).reshape(-1, *g.shape[2:])  # in chunk order
-        joined = np.concatenate(list(chunks), axis=out_axis)
+        in_order = np.swapaxes(g, 0, 1).reshape(-1, *g.shape[2:])  # chunk r * P + p
+        joined = np.concatenate(list(in_order), axis=out_axis)
         return jnp.asarray(np.take(joined, np.arange(n), axis=out_axis))
 
     return jax.tree.map(join, gathered)
