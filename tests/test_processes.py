@@ -58,10 +58,17 @@ try:
     bad = ""
 except ValueError as e:
     bad = str(e)
+split = metajax.task_split(4)
+try:
+    metajax.task_split(3)
+    split_bad = ""
+except ValueError as e:
+    split_bad = str(e)
 json.dump({"params": jax.tree.map(lambda x: x.tolist(), params),
            "loss": float(metajax.local_value(metrics["loss"])),
            "drift": float(metajax.local_value(metrics["replica_drift"])),
-           "bad": bad, "chunks": chunks,
+           "bad": bad, "chunks": chunks, "split_bad": split_bad,
+           "split": [split["shard_map"], split["mesh"].shape["tasks"]],
            "local_rows": int(tasks.query[0].addressable_data(0).shape[0]),
            "threads": len(__import__("os").sched_getaffinity(0))},
           open(out, "w"))
@@ -240,6 +247,9 @@ def test_two_processes_equal_one_process_on_the_whole_meta_batch(two_process_run
         jax.tree.leaves(expected), jax.tree.leaves(initial), strict=True))
     assert moved > 1e-3
     assert "multiple of the number of devices" in two_process_run[0]["bad"]
+    # Across CPU processes, meta_train's options split the meta-batch under shard_map.
+    assert two_process_run[0]["split"] == [True, 2]
+    assert "meta-batch (3 tasks) must be a multiple" in two_process_run[0]["split_bad"]
 
 
 def test_mean_across_averages_over_the_axis():

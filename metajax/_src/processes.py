@@ -137,9 +137,7 @@ def task_split(tasks_per_step: int) -> dict[str, Any]:
     """
     devices = jax.device_count()
     if jax.process_count() > 1 and jax.default_backend() == "cpu":
-        if tasks_per_step % devices:
-            raise ValueError(f"The meta-batch ({tasks_per_step} tasks) must be a multiple of "
-                             f"the number of processes ({devices}) to split it between them.")
+        check_splits(tasks_per_step, devices)
         return {"mesh": task_mesh(), "shard_map": True}
     if devices > 1 and tasks_per_step % devices == 0:
         return {"mesh": task_mesh(), "shard_map": False}
