@@ -159,9 +159,8 @@ def meta_train(
             CPU core; GSPMD does not keep their per-task convolutions local). ``step`` must
             average its meta-gradient over the devices, as metajax's learners do (for your
             own, :func:`metajax.mean_across`); checked: a ``RuntimeError`` if the devices'
-            parameters differ after a chunk. Validation
-            runs on every process with its own copy of the parameters, and the returned
-            state holds this process's copies.
+            parameters differ after a chunk. Validation runs on every process with its own
+            copy of the parameters, and the returned state holds this process's copies.
         progress: show a progress bar (step, loss, tasks/s, ETA).
         desc: progress-bar label.
 
@@ -288,7 +287,8 @@ def meta_train(
                 bar.set_postfix(loss=f"{record['loss']:.4g}",
                                 tasks_s=f"{record['tasks_per_s']:.3g}", refresh=False)
                 chunk_metrics, steps_since_log, t_log = [], 0, time.perf_counter()
-            stopping = stopping if shard_map else interrupt["set"]
+            if not shard_map:  # one process: a Ctrl-C during logging or validation counts
+                stopping = interrupt["set"]
             if checkpointer is not None and (current in ckpt_points or stopping):
                 save(current)
             if stopping:
