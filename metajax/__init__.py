@@ -33,6 +33,7 @@ from metajax._src.processes import (
     process_step,
     task_split,
     to_global,
+    tree_pmean,
 )
 from metajax._src.protonet import protonet, protonet_loss, prototypical_logits
 from metajax._src.r2d2 import r2d2, r2d2_head_init, r2d2_logits, r2d2_loss, ridge_weights
@@ -75,6 +76,7 @@ __all__ = [
     "maml",
     "mean_across",
     "mean_over_task_shards",
+    "tree_pmean",
     "matching_logits",
     "matchingnet",
     "matchingnet_loss",

@@ -264,6 +264,59 @@ def test_mean_across_averages_over_the_axis():
         tx.update(updates, tx.init(updates))  # outside shard_map: no axis to average over
 
 
+def _collectives(fun, *args):
+    """The psum equations (``lax.pmean`` is a psum and a division) of ``fun``'s jaxpr with an
+    axis ``"tasks"`` of 2 devices."""
+    jaxpr = jax.make_jaxpr(fun, axis_env=[("tasks", 2)])(*args)
+    return [e for e in jaxpr.eqns if e.primitive.name.startswith("psum")]
+
+
+def test_tree_pmean_is_one_collective_per_dtype_and_equals_pmean():
+    """Across CPU processes each collective costs milliseconds (a gloo all-reduce of its own),
+    so a parameter tree is averaged in one per dtype, with lax.pmean's values and shapes."""
+    tree = {"w": jnp.arange(24.0).reshape(2, 3, 4), "b": jnp.arange(6.0).reshape(2, 3),
+            "s": jnp.arange(2.0), "n": jnp.arange(8, dtype=jnp.int32).reshape(2, 2, 2),
+            "h": jnp.arange(10.0, dtype=jnp.bfloat16).reshape(2, 5)}
+    got = jax.vmap(lambda t: metajax.tree_pmean(t, "tasks"), axis_name="tasks")(tree)
+    want = jax.vmap(lambda t: jax.lax.pmean(t, "tasks"), axis_name="tasks")(tree)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), got) == \
+        jax.tree.map(lambda x: (x.shape, x.dtype), want)
+    assert_trees_all_close(jax.tree.map(lambda x: np.asarray(x, np.float32), got),
+                           jax.tree.map(lambda x: np.asarray(x, np.float32), want))
+    one = jax.tree.map(lambda x: x[0], tree)
+    assert len(_collectives(lambda t: metajax.tree_pmean(t, "tasks"), one)) == 3
+    assert len(_collectives(lambda t: jax.lax.pmean(t, "tasks"), one)) == 5  # one per leaf
+    tx = metajax.mean_across()
+    assert len(_collectives(lambda t: tx.update(t, tx.init(t))[0],
+                            jax.tree.map(lambda x: x.astype(jnp.float32), one))) == 1
+
+
+def _all_eqns(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if isinstance(inner, jax.extend.core.Jaxpr):
+                    yield from _all_eqns(inner)
+
+
+def test_a_maml_step_over_processes_averages_in_one_collective_each():
+    """Under process_step a Conv4 MAML step averages its 18 parameter gradients in one psum,
+    its metrics in another, and takes the parameter drift in one pmax."""
+    from metajax._src.processes import process_step_body
+
+    namespace = {}
+    exec(textwrap.dedent(SETUP), namespace)
+    learner, state, tasks = namespace["setup"](optax.sgd(0.5))
+    assert len(jax.tree.leaves(state.params)) == 18
+    jaxpr = jax.make_jaxpr(process_step_body(learner.step), axis_env=[("tasks", 2)])(
+        state, tasks).jaxpr
+    names = [e.primitive.name for e in _all_eqns(jaxpr)]
+    assert names.count("psum") + names.count("psum_invariant") == 2, names
+    assert names.count("pmax") == 1
+
+
 def test_init_process_checks_its_arguments_and_the_backend():
     with pytest.raises(ValueError, match="process_id"):
         metajax.init_process(2, 2)
