@@ -1,4 +1,4 @@
-"""The ``metajax`` command line: ``metajax list`` and ``metajax run EXPERIMENT``."""
+"""The ``metajax`` command line: ``metajax list``, ``run``, ``sweep`` and ``report``."""
 
 from __future__ import annotations
 
@@ -298,9 +298,15 @@ def _cmd_sweep(args) -> int:
     sweepable = set(getattr(module, "SWEEPABLE", ()))
     vmapped = (not args.sequential and hasattr(module, "sweep_problem")
                and set(grid) <= sweepable)
-    print(f"metajax sweep {name}: {len(combos)} runs "
-          f"({'one vmapped program' if vmapped else 'sequential runs'}) -> {out}",
-          file=sys.stderr)
+    if args.processes < 1 or (vmapped and args.processes > 1):
+        print(f"metajax sweep {name}: --processes N runs N combinations side by side, each "
+              f"as a run of its own; " + ("N must be >= 1." if args.processes < 1 else
+              "this sweep is one vmapped program (faster): drop --processes, or add "
+              "--sequential."), file=sys.stderr)
+        return 2
+    how = ("one vmapped program" if vmapped else "sequential runs" if args.processes == 1
+           else f"separate runs, {args.processes} at a time, one process per core")
+    print(f"metajax sweep {name}: {len(combos)} runs ({how}) -> {out}", file=sys.stderr)
     if vmapped:
         result = vmapped_sweep(module.sweep_problem(config), combos, eval_steps=eval_steps,
                                steps_per_call=getattr(config, "steps_per_call", 500),
@@ -308,6 +314,16 @@ def _cmd_sweep(args) -> int:
         rows = sweep_table(combos, result["per_task"], metric="loss", eval_steps=eval_steps)
         extra = {"mode": "vmapped", "seconds": result["seconds"],
                  "compile_seconds": result["compile_seconds"]}
+    elif args.processes > 1:
+        t0 = time.perf_counter()
+        configs = [dataclasses.replace(config, **combo) for combo in combos]
+        per_run, code = _sweep_in_processes(args.experiment, name, configs, out / "runs",
+                                            args.processes)
+        if code:
+            return code
+        rows = _rows_from_summaries(combos, per_run, eval_steps)
+        extra = {"mode": "sequential", "processes": args.processes,
+                 "seconds": time.perf_counter() - t0}
     else:
         per_run = []
         t0 = time.perf_counter()
@@ -326,6 +342,69 @@ def _cmd_sweep(args) -> int:
     print(f"\n{extra['mode']} sweep took {extra['seconds']:.1f} s; outputs in {out}",
           file=sys.stderr)
     return 0
+
+
+def _sweep_in_processes(experiment: str, name: str, configs: list, runs: Path, n: int
+                        ) -> tuple[list[dict], int]:
+    """Runs ``configs`` as ``metajax run`` processes, ``n`` at a time, each pinned to a core
+    of its own (so XLA gives it one thread). Returns their summaries in order, and 0; or
+    ``([], code)`` once a run failed (the running ones finish) or Ctrl-C stopped them."""
+    import signal
+    import subprocess
+
+    from metajax._src.run_io import write_json_atomic
+
+    cores = sorted(os.sched_getaffinity(0))
+    if n > len(cores):
+        print(f"warning: {n} processes share {len(cores)} cores; one process per core is the "
+              f"point.", file=sys.stderr)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    pending = list(enumerate(configs))
+    running: dict[int, tuple] = {}  # slot -> (index, process, log)
+    codes: dict[int, int] = {}
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the runs checkpoint
+    try:
+        while pending or running:
+            stop = any(c != 0 for c in codes.values())
+            for slot in range(n):
+                if slot in running or not pending or stop:
+                    continue
+                i, run_config = pending.pop(0)
+                run_dir = runs / f"run{i:03d}"
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(run_dir / "config.json",
+                                  {"experiment": name, "config": run_config})
+                log = open(run_dir / "run.log", "w")  # noqa: SIM115 - closed when it ends
+                core = cores[slot % len(cores)]  # --pin-cpu: before JAX's backend exists
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "metajax.cli", "run", experiment, "--resume",
+                     str(run_dir), "--no-progress", "--pin-cpu", str(core)], env=env,
+                    stdout=log, stderr=log)
+                running[slot] = (i, process, log)
+            for slot, (i, process, log) in list(running.items()):
+                if process.poll() is not None:
+                    log.close()
+                    codes[i] = process.returncode
+                    del running[slot]
+            if stop and not running:
+                break
+            time.sleep(0.2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for _, process, log in running.values():
+            process.kill()
+            log.close()
+    failed = {i: c for i, c in codes.items() if c != 0}
+    if failed:
+        for i, c in sorted(failed.items()):
+            what = "stopped by Ctrl-C" if c == 130 else f"exited with {c}"
+            print(f"metajax sweep {name}: run {i} {what}; see {runs / f'run{i:03d}' / 'run.log'}"
+                  + (f" (continue it with `metajax run {name} --resume "
+                     f"{runs / f'run{i:03d}'}`)" if c == 130 else ""), file=sys.stderr)
+        return [], 130 if all(c == 130 for c in failed.values()) else 1
+    summaries = [json.loads((runs / f"run{i:03d}" / "summary.json").read_text())
+                 for i in range(len(configs))]
+    return summaries, 0
 
 
 def _rows_from_summaries(combos, summaries, eval_steps):
@@ -413,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "on a multi-core CPU")
     p_run.add_argument("--process-id", type=int, help=argparse.SUPPRESS)  # set by the launcher
     p_run.add_argument("--coordinator", help=argparse.SUPPRESS)
+    p_run.add_argument("--pin-cpu", type=int, help=argparse.SUPPRESS)  # set by sweep
     p_run.set_defaults(func=_cmd_run)
     p_sweep = sub.add_parser("sweep", help="run a grid of configs x seeds; one program "
                                            "where the swept keys keep shapes fixed")
@@ -426,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_sweep.add_argument("--sequential", action="store_true",
                          help="run every combination as its own run, even if vmappable")
     p_sweep.add_argument("--no-progress", action="store_true")
+    p_sweep.add_argument("--processes", type=int, default=1, metavar="N",
+                         help="run N combinations side by side, each a single-threaded "
+                              "`metajax run` process pinned to a CPU core of its own "
+                              "(sequential sweeps); logs in runs/runNNN/run.log")
     p_sweep.set_defaults(func=_cmd_sweep)
     p_report = sub.add_parser("report", help="compare finished runs: one table, one plot")
     p_report.add_argument("runs", nargs="+", metavar="DIR", help="run directories")
@@ -438,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``metajax`` command."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "pin_cpu", None) is not None:  # one core: XLA gives it one thread
+        os.sched_setaffinity(0, {args.pin_cpu})
     if args.command == "run":
         _enable_compilation_cache()
     if getattr(args, "process_id", None) is not None:

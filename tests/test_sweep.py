@@ -79,3 +79,44 @@ def test_cli_sweep_writes_table_and_plot(tmp_path, capsys, mode):
 def test_cli_sweep_rejects_unknown_key(tmp_path, capsys):
     assert cli.main(["sweep", "sinusoid_maml", "--grid", "nope=1,2", "--out", str(tmp_path)]) == 2
     assert "expected KEY=V1,V2" in capsys.readouterr().err
+
+
+SEQUENTIAL = ["--sequential", "--set", "pretrain_steps=3", "--set", "val_tasks=4",
+              "--set", "val_every=3", "--set", "log_every=3", "--set", "plot_tasks=0"]
+
+
+def test_cli_sweep_in_processes_equals_the_sequential_sweep(tmp_path, capsys):
+    """--processes 2: the runs of a sequential sweep side by side, one pinned single-threaded
+    process each; the same table as running them one after another in this process."""
+    common = ["sweep", "sinusoid_maml", "--grid", "inner_lr=0.001,0.01", "--seeds", "2",
+              "--no-progress", *TINY, *SEQUENTIAL]
+    assert cli.main([*common, "--out", str(tmp_path / "one")]) == 0
+    assert cli.main([*common, "--processes", "2", "--out", str(tmp_path / "two")]) == 0
+    one, two = (json.loads((tmp_path / d / "sweep.json").read_text()) for d in ("one", "two"))
+    assert two["processes"] == 2 and len(two["rows"]) == len(one["rows"]) == 2
+    for a, b in zip(one["rows"], two["rows"], strict=True):
+        assert a["inner_lr"] == b["inner_lr"] and a["seeds"] == b["seeds"] == 2
+        for step in ("0", "1", "5", "10"):
+            np.testing.assert_allclose(b[step]["mean"], a[step]["mean"], rtol=1e-5)
+            np.testing.assert_allclose(b[step]["seed_sd"], a[step]["seed_sd"], rtol=1e-4)
+    assert one["rows"][0]["1"]["mean"] != one["rows"][1]["1"]["mean"]
+    for i in range(4):  # each run is a run directory of its own, with its log
+        run = tmp_path / "two" / "runs" / f"run{i:03d}"
+        assert (run / "summary.json").exists() and (run / "run.log").exists()
+    assert "2 at a time" in capsys.readouterr().err
+
+
+def test_cli_sweep_in_processes_reports_bad_input_and_failed_runs(tmp_path, capsys):
+    vmappable = ["sweep", "sinusoid_maml", "--grid", "inner_lr=0.001,0.01", "--no-progress",
+                 "--out", str(tmp_path / "a"), *TINY]
+    assert cli.main([*vmappable, "--processes", "2"]) == 2
+    assert "add --sequential" in capsys.readouterr().err
+    assert cli.main([*vmappable, "--sequential", "--processes", "0"]) == 2
+    assert "must be >= 1" in capsys.readouterr().err
+    # A run that fails (meta_batch=0 is refused when the run starts): named, with its log.
+    assert cli.main(["sweep", "sinusoid_maml", "--grid", "inner_lr=0.001,0.01", "--no-progress",
+                     "--out", str(tmp_path / "b"), *TINY, *SEQUENTIAL, "--set", "meta_batch=0",
+                     "--processes", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "run 0 exited with" in err and "run000/run.log" in err
+    assert "must be an int >= 1" in (tmp_path / "b" / "runs" / "run000" / "run.log").read_text()
