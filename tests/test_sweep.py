@@ -120,3 +120,41 @@ def test_cli_sweep_in_processes_reports_bad_input_and_failed_runs(tmp_path, caps
     err = capsys.readouterr().err
     assert "run 0 exited with" in err and "run000/run.log" in err
     assert "must be an int >= 1" in (tmp_path / "b" / "runs" / "run000" / "run.log").read_text()
+
+
+def test_cli_sweep_in_processes_ctrl_c_leaves_resumable_runs(tmp_path):
+    """Ctrl-C reaches every run of a ``--processes`` sweep: each checkpoints and stops, the
+    sweep exits with 130 and names how to continue each run, and ``metajax run --resume``
+    finishes one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    overrides = sum((["--set", s] for s in [
+        "num_steps=60000", "pretrain_steps=3", "meta_batch=4", "test_tasks=8",
+        "val_tasks=4", "val_every=1000", "log_every=5000", "steps_per_call=50",
+        "eval_n_query=7", "hidden=8", "plot_tasks=0"]), [])  # long enough to interrupt
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "metajax.cli", "sweep", "sinusoid_maml",
+                             "--grid", "inner_lr=0.001,0.01", "--sequential", "--processes",
+                             "2", "--no-progress", "--out", str(out), *overrides],
+                            start_new_session=True, stderr=subprocess.PIPE, text=True)
+    maml = [out / "runs" / f"run{i:03d}" / "checkpoints" / "maml" for i in range(2)]
+    deadline = time.monotonic() + 300
+    while (not all(d.is_dir() and any(d.glob("ckpt-*")) for d in maml)
+           and proc.poll() is None and time.monotonic() < deadline):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    for i in range(2):
+        assert f"run {i} stopped by Ctrl-C" in err, err
+        assert f"metajax run sinusoid_maml --resume {out / 'runs' / f'run{i:03d}'}" in err
+    assert not (out / "sweep.json").exists()
+    run = out / "runs" / "run001"
+    assert cli.main(["run", "sinusoid_maml", "--resume", str(run), "--no-progress"]) == 0
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["method"] == "maml"]
+    assert steps[-1] == 60000 and steps == sorted(set(steps))  # no record twice
