@@ -85,7 +85,6 @@ def _cmd_list(args) -> int:
 
 def _prepare_run_dir(args, module, name: str):
     """Returns ``(config, out_dir)`` for a new run or for ``--resume DIR``."""
-    from metajax._src.run_io import write_json_atomic
 
     if args.resume:
         out = Path(args.resume)
@@ -108,8 +107,25 @@ def _prepare_run_dir(args, module, name: str):
                          f"`metajax run {name} --resume {out}`, or choose another --out.")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
-    write_json_atomic(out / "config.json", {"experiment": name, "config": config})
+    _write_run_config(out, name, config)
     return config, out
+
+
+def _write_run_config(out: Path, name: str, config) -> None:
+    """``out/config.json`` as ``--resume`` reads it."""
+    from metajax._src.run_io import write_json_atomic
+
+    write_json_atomic(out / "config.json", {"experiment": name, "config": config})
+
+
+def _cpu_workers(n: int) -> tuple[dict, list[int]]:
+    """The environment of ``n`` CPU worker processes and this process's cores (a warning
+    when ``n`` exceeds them)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if n > len(cores):
+        print(f"warning: {n} processes share {len(cores)} cores; one process per core is the "
+              f"point.", file=sys.stderr)
+    return dict(os.environ, JAX_PLATFORMS="cpu"), cores
 
 
 def _free_port() -> int:
@@ -137,17 +153,13 @@ def _launch_processes(args, module, name: str) -> int:
         print(f"metajax run {name}: --processes {n} splits each meta-batch between the "
               f"processes; meta_batch ({meta_batch}) must be a multiple of {n}.", file=sys.stderr)
         return 2
-    cores = len(os.sched_getaffinity(0))
     print(f"metajax run {name} -> {out}" + (" (resuming)" if args.resume else "")
-          + f", {n} processes on {cores} cores", file=sys.stderr)
-    if n > cores:
-        print(f"warning: {n} processes share {cores} cores; one process per core is the point.",
-              file=sys.stderr)
+          + f", {n} processes on {len(os.sched_getaffinity(0))} cores", file=sys.stderr)
+    env, _ = _cpu_workers(n)
     command = [sys.executable, "-m", "metajax.cli", "run", args.experiment, "--resume", str(out),
                "--processes", str(n), "--coordinator", f"localhost:{_free_port()}"]
     if args.no_progress:
         command.append("--no-progress")
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
     workers = []
     for i in range(n):  # process 0 talks to the terminal; the others log to files
         log = None if i == 0 else open(out / f"process-{i}.log", "w")  # noqa: SIM115
@@ -289,11 +301,6 @@ def _cmd_sweep(args) -> int:
         return 2
     seeds = [config.seed + i for i in range(args.seeds)]
     combos = grid_combinations(grid, seeds)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("runs") / f"sweep-{name}-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", {"experiment": name, "config": config,
-                                            "grid": grid, "seeds": seeds})
     eval_steps = (0, *getattr(config, "eval_steps", (1, 5, 10)))
     sweepable = set(getattr(module, "SWEEPABLE", ()))
     vmapped = (not args.sequential and hasattr(module, "sweep_problem")
@@ -304,6 +311,11 @@ def _cmd_sweep(args) -> int:
               "this sweep is one vmapped program (faster): drop --processes, or add "
               "--sequential."), file=sys.stderr)
         return 2
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{name}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", {"experiment": name, "config": config,
+                                            "grid": grid, "seeds": seeds})
     how = ("one vmapped program" if vmapped else "sequential runs" if args.processes == 1
            else f"separate runs, {args.processes} at a time, one process per core")
     print(f"metajax sweep {name}: {len(combos)} runs ({how}) -> {out}", file=sys.stderr)
@@ -352,13 +364,7 @@ def _sweep_in_processes(experiment: str, name: str, configs: list, runs: Path, n
     import signal
     import subprocess
 
-    from metajax._src.run_io import write_json_atomic
-
-    cores = sorted(os.sched_getaffinity(0))
-    if n > len(cores):
-        print(f"warning: {n} processes share {len(cores)} cores; one process per core is the "
-              f"point.", file=sys.stderr)
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env, cores = _cpu_workers(n)
     pending = list(enumerate(configs))
     running: dict[int, tuple] = {}  # slot -> (index, process, log)
     codes: dict[int, int] = {}
@@ -372,8 +378,7 @@ def _sweep_in_processes(experiment: str, name: str, configs: list, runs: Path, n
                 i, run_config = pending.pop(0)
                 run_dir = runs / f"run{i:03d}"
                 run_dir.mkdir(parents=True, exist_ok=True)
-                write_json_atomic(run_dir / "config.json",
-                                  {"experiment": name, "config": run_config})
+                _write_run_config(run_dir, name, run_config)
                 log = open(run_dir / "run.log", "w")  # noqa: SIM115 - closed when it ends
                 core = cores[slot % len(cores)]  # --pin-cpu: before JAX's backend exists
                 process = subprocess.Popen(
