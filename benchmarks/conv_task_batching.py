@@ -7,15 +7,19 @@ lr 0.4, outer Adam; second and first order. Random images: speed does not depend
 Every peer runs in its own fresh subprocess, one after another, in this one invocation
 (peak memory is that subprocess's peak resident set; the thread count is the same for all):
 
-* ``metajax conv4 <strategy>``: ``metajax.maml(..., task_batching=<strategy>)`` with
-  ``metajax.models.Conv4``; ``conv_per_task`` is what ``"auto"`` picks on CPU.
+Every metajax peer calls ``metajax.cpu.configure()`` first, as ``metajax run`` does.
+
+* ``metajax conv4 <strategy>``: ``metajax.maml(..., task_batching=...)`` with
+  ``metajax.models.Conv4``; ``conv_per_task`` is ``metajax.cpu.conv_batching()``, what the
+  default (``auto``, ``task_batching=None``) resolves to on CPU; ``vmap`` is
+  ``metajax.vmap_batching()``.
 * ``metajax conv4 conv_per_task xla-defaults``: the same with ``METAJAX_KEEP_XLA_FLAGS=1``,
-  i.e. XLA:CPU's default kernel libraries (convolutions in YNNPACK) instead of metajax's
-  import-time choice (convolutions in Eigen; see ``metajax/_src/xla_flags.py``).
+  i.e. XLA:CPU's default kernel libraries (convolutions in YNNPACK) instead of
+  ``configure()``'s choice (convolutions in Eigen; see ``metajax/_src/cpu/xla_flags.py``).
 * ``metajax conv4 conv_per_task malloc-defaults``: the same with ``METAJAX_KEEP_MALLOC=1``,
-  i.e. glibc's default malloc settings instead of metajax's import-time ones (per-call XLA
-  scratch buffers then are fresh mappings, page-faulted in every call; see
-  ``metajax/_src/heap.py``).
+  i.e. glibc's default malloc settings instead of ``configure()``'s (per-call XLA scratch
+  buffers then are fresh mappings, page-faulted in every call; see
+  ``metajax/_src/cpu/heap.py``).
 * ``torch loop heap-tuned``: the torch loop with metajax's malloc settings given to glibc
   (``GLIBC_TUNABLES``), to check that the PyTorch peer does not gain from them too.
 * ``metajax user-linen``: a user's own Linen conv net (defined below, written the way a user
@@ -24,8 +28,8 @@ Every peer runs in its own fresh subprocess, one after another, in this one invo
 * ``torch.func vmap``: ``torch.func.vmap`` of ``torch.func.grad`` over the tasks.
 * ``metajax conv4 processes``: one single-threaded process per thread (``--threads``), each
   pinned to a core and meta-training on its share of the meta-batch
-  (:func:`metajax.init_process`, :func:`metajax.process_step`; the learner averages its
-  meta-gradients over the processes, an all-reduce over gloo).
+  (:func:`metajax.distributed.init_process`, :func:`metajax.distributed.process_step`; the
+  learner averages its meta-gradients over the processes, an all-reduce over gloo).
 * ``torch loop processes``: the PyTorch peer split the same way (one single-threaded process
   per core on its share of the tasks, gradients averaged with ``torch.distributed``
   ``all_reduce`` over gloo before Adam): what the same idea gives PyTorch.
@@ -54,13 +58,13 @@ import subprocess
 import sys
 import time
 
-from metajax._src import heap
+from metajax._src.cpu import heap
 
 PEERS = ("metajax conv4 conv_per_task", "metajax user-linen", "torch loop", "torch.func vmap",
          "metajax conv4 conv_per_task xla-defaults", "metajax conv4 conv_per_task malloc-defaults",
          "torch loop heap-tuned", "metajax conv4 vmap", "metajax conv4-unfused conv_per_task",
          "metajax conv4 processes", "torch loop processes")
-# glibc malloc settings equal to metajax's import-time ones (metajax/_src/heap.py).
+# glibc malloc settings equal to metajax.cpu.configure()'s (metajax/_src/cpu/heap.py).
 HEAP_TUNABLES = heap.glibc_tunables()
 SUFFIX_ENV = {  # peer-name suffix: environment of that peer's subprocess
     "xla-defaults": {"METAJAX_KEEP_XLA_FLAGS": "1"},
@@ -141,12 +145,14 @@ def run_metajax(args, model_name: str, strategy: str):
     import optax
 
     import metajax
+    import metajax.cpu
     from metajax import losses, models
 
+    metajax.cpu.configure()  # first: the CPU tuning metajax run applies too
     mesh = None
     if strategy == "processes":  # before anything computes: pins, one thread, gloo
-        mesh = metajax.init_process(args.process_id, args.threads,
-                                    coordinator=f"localhost:{args.port}")
+        mesh = metajax.distributed.init_process(args.process_id, args.threads,
+                                                coordinator=f"localhost:{args.port}")
         strategy = "auto"
     n_tasks = args.vmap_meta_batch if strategy == "vmap" else args.meta_batch
     tasks = _jax_data(args, n_tasks)
@@ -157,15 +163,18 @@ def run_metajax(args, model_name: str, strategy: str):
         model = user_linen_net(args.n_way)
     variables = model.init(jax.random.PRNGKey(1), tasks.support[0][0])
     loss_fn = losses.cross_entropy(models.linen_apply(model, variables))
-    kwargs = {} if strategy == "auto" else {"task_batching": strategy}
+    batching = {"auto": None, "vmap": metajax.vmap_batching(),
+                "conv_per_task": metajax.cpu.conv_batching()}[strategy]
     learner = metajax.maml(loss_fn, optax.adam(1e-3), inner_steps=1, inner_lr=args.inner_lr,
                            first_order=args.order == "first", has_aux=True,
-                           track_pre_adaptation=False, **kwargs)
+                           track_pre_adaptation=False, task_batching=batching,
+                           axis_name="tasks" if mesh is not None else None)
     state = learner.init(variables["params"])
     step = jax.jit(learner.step)
     if mesh is not None:  # each process its share of the tasks, the state replicated
-        step = jax.jit(metajax.process_step(learner.step, mesh))
-        state, tasks = metajax.to_global(state, mesh), metajax.to_global(tasks, mesh, share=True)
+        step = jax.jit(metajax.distributed.process_step(learner.step, mesh))
+        state = metajax.distributed.to_global(state, mesh)
+        tasks = metajax.distributed.to_global(tasks, mesh, share=True)
     t0 = time.perf_counter()
     compiled = step.lower(state, tasks).compile()
     compile_s = time.perf_counter() - t0

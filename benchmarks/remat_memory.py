@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 import metajax
+import metajax.cpu
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 2 ** 20
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-time", action="store_true", help="skip the step timings")
     parser.add_argument("--out", type=Path, default=RESULTS / "remat_memory.md")
     args = parser.parse_args(argv)
+    metajax.cpu.configure()  # first, as metajax run does
 
     loss, params, tasks = problem(hidden=tuple(args.hidden), in_dim=args.in_dim,
                                   n_tasks=args.tasks, n_points=args.points)

@@ -60,6 +60,7 @@ import torch
 from torch.func import functional_call, grad, grad_and_value, vmap
 
 import metajax
+import metajax.cpu
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sinusoid_speed.md"
 CONFIGS = ((1, 25), (5, 1000), (1, 1000), (5, 25))  # (inner steps, meta-batch)
@@ -389,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip the one-step agreement check")
     args = parser.parse_args(argv)
+    metajax.cpu.configure()  # first, as metajax run does
     reps = args.reps or (2 if args.quick else 21)
     if args.configs is None:
         configs = QUICK_CONFIGS if args.quick else CONFIGS

@@ -23,7 +23,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from metajax._src.loop import make_multi_step
+import metajax.cpu
+from metajax._src.core.loop import make_multi_step
 from metajax.experiment import grid_combinations, vmapped_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="200 steps, for a smoke test")
     args = parser.parse_args()
+    metajax.cpu.configure()  # first, as metajax run does
     steps = 200 if args.quick else args.steps
     module = _experiment()
     config = dataclasses.replace(module.Config(), num_steps=steps, steps_per_call=min(500, steps),

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import metajax
+from metajax.distributed import task_axis
 from metajax.experiment import FewShotConfig, run_fewshot
 
 
@@ -21,6 +22,7 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     options = dict(n_way=config.n_way, scale=config.scale)
     return run_fewshot(
         config, name="matchingnet",
-        make_learner=lambda embed, opt: metajax.matchingnet(embed, opt, **options),
+        make_learner=lambda embed, opt: metajax.matchingnet(embed, opt, **options,
+                                                            axis_name=task_axis()),
         make_task_loss=lambda embed: metajax.matchingnet_loss(embed, **options),
         out_dir=out_dir, progress=progress, extra={"options": options})

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import metajax
+from metajax.distributed import task_axis
 from metajax.experiment import FewShotConfig, run_fewshot
 
 
@@ -24,6 +25,6 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     return run_fewshot(
         config, name="metaoptnet",
         make_learner=lambda embed, opt: metajax.metaoptnet(embed, opt, scale=config.scale,
-                                                           **options),
+                                                           **options, axis_name=task_axis()),
         make_task_loss=lambda embed: metajax.metaoptnet_loss(embed, **options),
         out_dir=out_dir, progress=progress, extra={"options": {**options, "scale": config.scale}})

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import metajax
+from metajax.distributed import task_axis
 from metajax.experiment import FewShotConfig, run_fewshot
 
 
@@ -24,7 +25,7 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
         config, name="r2d2",
         make_learner=lambda embed, opt: metajax.r2d2(
             embed, opt, n_way=config.n_way, lam=config.lam, learn_lam=config.learn_lam,
-            scale=config.scale),
+            scale=config.scale, axis_name=task_axis()),
         make_task_loss=lambda embed: metajax.r2d2_loss(
             embed, n_way=config.n_way, lam=config.lam, learn_lam=config.learn_lam),
         out_dir=out_dir, progress=progress,

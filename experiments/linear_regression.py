@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 import metajax
 from metajax import losses, tasks
+from metajax.distributed import task_axis
 from metajax.experiment import (
     RunWriter,
     adam_with_clipping,
@@ -65,7 +66,8 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     writer = RunWriter(out_dir) if out_dir is not None else None
     outer_opt = adam_with_clipping(config.outer_lr, clip_grad_norm=config.clip_grad_norm)
     learner = metajax.maml(loss_fn, outer_opt, inner_steps=config.inner_steps,
-                           inner_lr=config.inner_lr, first_order=config.first_order)
+                           inner_lr=config.inner_lr, first_order=config.first_order,
+                           axis_name=task_axis())
     result = compare_with_baselines(
         learner=learner, name="maml", loss_fn=loss_fn, init_fn=init_fn,
         sample_train=functools.partial(sample, n_tasks=config.meta_batch, k_shot=config.k_shot,

@@ -31,6 +31,7 @@ from pathlib import Path
 import optax
 
 import metajax
+from metajax.distributed import task_axis
 from metajax.experiment import OmniglotGradientConfig, omniglot_loss, run_omniglot
 
 
@@ -49,5 +50,6 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     """Runs the experiment; writes metrics, summary and the learning curve into ``out_dir``."""
     loss_fn, _ = omniglot_loss(config)
     learner = metajax.anil(loss_fn, optax.adam(config.outer_lr), inner_steps=config.inner_steps,
-                           inner_lr=config.inner_lr, head="head", has_aux=True)
+                           inner_lr=config.inner_lr, head="head", has_aux=True,
+                           axis_name=task_axis())
     return run_omniglot(config, learner, name="anil", out_dir=out_dir, progress=progress)

@@ -28,6 +28,7 @@ from pathlib import Path
 import optax
 
 import metajax
+from metajax.distributed import task_axis
 from metajax.experiment import OmniglotGradientConfig, omniglot_loss, run_omniglot
 
 
@@ -47,5 +48,5 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     loss_fn, _ = omniglot_loss(config)
     learner = metajax.fomaml(loss_fn, optax.adam(config.outer_lr),
                              inner_steps=config.inner_steps, inner_lr=config.inner_lr,
-                             has_aux=True)
+                             has_aux=True, axis_name=task_axis())
     return run_omniglot(config, learner, name="fomaml", out_dir=out_dir, progress=progress)

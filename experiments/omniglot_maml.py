@@ -42,6 +42,7 @@ from pathlib import Path
 import optax
 
 import metajax
+from metajax.distributed import task_axis
 from metajax.experiment import OmniglotGradientConfig, omniglot_loss, run_omniglot
 
 
@@ -57,5 +58,5 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     loss_fn, _ = omniglot_loss(config)
     learner = metajax.maml(loss_fn, optax.adam(config.outer_lr), inner_steps=config.inner_steps,
                            inner_lr=config.inner_lr, first_order=config.first_order,
-                           has_aux=True)
+                           has_aux=True, axis_name=task_axis())
     return run_omniglot(config, learner, name="maml", out_dir=out_dir, progress=progress)

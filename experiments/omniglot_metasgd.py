@@ -30,6 +30,7 @@ import jax
 import optax
 
 import metajax
+from metajax.distributed import task_axis
 from metajax.experiment import OmniglotGradientConfig, omniglot_loss, run_omniglot
 
 
@@ -58,6 +59,7 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     init_lr = jax.tree.map(lambda s: jax.random.uniform(
         next(keys), s.shape, s.dtype, config.init_lr_low, config.init_lr_high), shapes)
     learner = metajax.metasgd(loss_fn, optax.adam(config.outer_lr),
-                              inner_steps=config.inner_steps, init_lr=init_lr, has_aux=True)
+                              inner_steps=config.inner_steps, init_lr=init_lr, has_aux=True,
+                              axis_name=task_axis())
     return run_omniglot(config, learner, name="metasgd", out_dir=out_dir, progress=progress,
                         extra={"init_lr_range": [config.init_lr_low, config.init_lr_high]})

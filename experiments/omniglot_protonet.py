@@ -34,6 +34,7 @@ import dataclasses
 from pathlib import Path
 
 import metajax
+from metajax.distributed import task_axis
 from metajax.experiment import OmniglotMetricConfig, run_omniglot_metric
 
 
@@ -57,7 +58,8 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     return run_omniglot_metric(
         config, name="protonet",
         make_learner=lambda embed, opt, way: metajax.protonet(embed, opt, n_way=way,
-                                                              distance=config.distance),
+                                                              distance=config.distance,
+                                                              axis_name=task_axis()),
         make_task_loss=lambda embed, way: metajax.protonet_loss(embed, n_way=way,
                                                                 distance=config.distance),
         out_dir=out_dir, progress=progress, extra={"options": {"distance": config.distance}})

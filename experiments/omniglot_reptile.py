@@ -36,6 +36,7 @@ from pathlib import Path
 import optax
 
 import metajax
+from metajax.distributed import task_axis
 from metajax.experiment import OmniglotGradientConfig, omniglot_loss, run_omniglot
 
 INNER_OPTIMIZERS = {"sgd": optax.sgd, "adam": lambda lr: optax.adam(lr, b1=0.0)}
@@ -66,7 +67,7 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     learner = metajax.reptile(loss_fn, inner_steps=config.inner_steps,
                               inner_opt=INNER_OPTIMIZERS[config.inner_optimizer](config.inner_lr),
                               outer_step_size=config.outer_step_size,
-                              total_steps=config.num_steps, has_aux=True)
+                              total_steps=config.num_steps, has_aux=True, axis_name=task_axis())
     return run_omniglot(config, learner, name="reptile", out_dir=out_dir, progress=progress,
                         inner_opt=INNER_OPTIMIZERS[config.inner_optimizer](config.inner_lr),
                         extra={"inner_optimizer": config.inner_optimizer})

@@ -14,6 +14,7 @@ import optax
 
 import metajax
 from metajax import models, tasks
+from metajax.distributed import task_axis
 from metajax.experiment import (
     RunWriter,
     adam_with_clipping,
@@ -95,7 +96,7 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     outer_opt = adam_with_clipping(config.outer_lr, clip_grad_norm=config.clip_grad_norm)
     learner = metajax.cavia(loss_fn, outer_opt, num_context=config.num_context,
                             inner_steps=config.inner_steps, inner_lr=config.inner_lr,
-                            first_order=config.first_order)
+                            first_order=config.first_order, axis_name=task_axis())
 
     # Same seeding as compare_with_baselines: stream, meta-init and scratch init from one root.
     root = jax.random.PRNGKey(config.seed)

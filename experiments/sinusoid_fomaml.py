@@ -8,6 +8,7 @@ from pathlib import Path
 import optax
 
 import metajax
+from metajax.distributed import task_axis
 from metajax.experiment import SinusoidConfig, run_sinusoid, sinusoid_mlp
 
 
@@ -21,5 +22,6 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     """Runs the experiment; writes metrics, summary and plots into ``out_dir`` if given."""
     _, _, loss_fn, _ = sinusoid_mlp(config)
     learner = metajax.fomaml(loss_fn, optax.adam(config.outer_lr),
-                             inner_steps=config.inner_steps, inner_lr=config.inner_lr)
+                             inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+                             axis_name=task_axis())
     return run_sinusoid(config, learner, name="fomaml", out_dir=out_dir, progress=progress)

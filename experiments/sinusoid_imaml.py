@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import metajax
+from metajax.distributed import task_axis
 from metajax.experiment import SinusoidConfig, adam_with_clipping, run_sinusoid, sinusoid_mlp
 
 
@@ -40,5 +41,5 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     outer_opt = adam_with_clipping(config.outer_lr, clip_grad_norm=config.clip_grad_norm)
     learner = metajax.imaml(loss_fn, outer_opt, lam=config.lam, inner_steps=config.inner_steps,
                             inner_lr=config.inner_lr, cg_steps=config.cg_steps,
-                            cg_damping=config.cg_damping)
+                            cg_damping=config.cg_damping, axis_name=task_axis())
     return run_sinusoid(config, learner, name="imaml", out_dir=out_dir, progress=progress)

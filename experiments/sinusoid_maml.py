@@ -8,6 +8,7 @@ from pathlib import Path
 
 import metajax
 from metajax import tasks
+from metajax.distributed import task_axis
 from metajax.experiment import (
     SinusoidConfig,
     SweepProblem,
@@ -28,7 +29,7 @@ class Config(SinusoidConfig):
 def _learner(config: Config, loss_fn, *, inner_lr, outer_lr) -> metajax.MetaLearner:
     outer_opt = adam_with_clipping(outer_lr, clip_grad_norm=config.clip_grad_norm)
     return metajax.maml(loss_fn, outer_opt, inner_steps=config.inner_steps, inner_lr=inner_lr,
-                        first_order=config.first_order)
+                        first_order=config.first_order, axis_name=task_axis())
 
 
 def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = True) -> dict:

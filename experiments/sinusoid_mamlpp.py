@@ -9,6 +9,7 @@ import jax
 import optax
 
 import metajax
+from metajax.distributed import task_axis
 from metajax.experiment import SinusoidConfig, run_sinusoid, sinusoid_mlp
 
 
@@ -43,7 +44,8 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     # The learned rates start at inner_lr (0.01): Adam at the init's step size would move them by
     # ~10% per step and the inner loop diverged (inf loss by step ~1200), so they get their own,
     # smaller step size.
-    labels = lambda meta: {k: jax.tree.map(lambda _, k=k: k, v) for k, v in meta.items()}  # noqa: E731
+    labels = lambda meta: metajax.LearnedRates(  # noqa: E731
+        init=jax.tree.map(lambda _: "init", meta.init), lr=jax.tree.map(lambda _: "lr", meta.lr))
     outer_opt = optax.chain(
         optax.clip_by_global_norm(config.clip_grad_norm),
         optax.multi_transform({"init": optax.adam(schedule), "lr": optax.adam(config.rate_lr)},
@@ -51,5 +53,5 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     learner = metajax.maml(loss_fn, outer_opt, inner_steps=config.inner_steps,
                            inner_lr=config.inner_lr, per_step_lr=True, multi_step_loss=True,
                            msl_anneal_steps=config.msl_anneal_steps,
-                           first_order_until=config.first_order_until)
+                           first_order_until=config.first_order_until, axis_name=task_axis())
     return run_sinusoid(config, learner, name="mamlpp", out_dir=out_dir, progress=progress)

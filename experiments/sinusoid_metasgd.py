@@ -9,6 +9,7 @@ import jax
 import optax
 
 import metajax
+from metajax.distributed import task_axis
 from metajax.experiment import SinusoidConfig, run_sinusoid, sinusoid_mlp
 
 
@@ -34,5 +35,6 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     init_lr = jax.tree.map(lambda s: jax.random.uniform(
         next(keys), s.shape, s.dtype, config.init_lr_low, config.init_lr_high), shapes)
     learner = metajax.metasgd(loss_fn, optax.adam(config.outer_lr),
-                              inner_steps=config.inner_steps, init_lr=init_lr)
+                              inner_steps=config.inner_steps, init_lr=init_lr,
+                              axis_name=task_axis())
     return run_sinusoid(config, learner, name="metasgd", out_dir=out_dir, progress=progress)

@@ -8,6 +8,7 @@ from pathlib import Path
 import optax
 
 import metajax
+from metajax.distributed import task_axis
 from metajax.experiment import SinusoidConfig, run_sinusoid, sinusoid_mlp
 
 
@@ -39,5 +40,5 @@ def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = 
     learner = metajax.reptile(loss_fn, inner_steps=config.inner_steps,
                               inner_opt=inner_opts[config.inner_optimizer](config.inner_lr),
                               outer_step_size=config.outer_step_size,
-                              total_steps=config.num_steps)
+                              total_steps=config.num_steps, axis_name=task_axis())
     return run_sinusoid(config, learner, name="reptile", out_dir=out_dir, progress=progress)

@@ -1,93 +1,156 @@
-"""metajax: functional meta-learning in JAX."""
+"""metajax: functional meta-learning in JAX.
 
-from metajax._src.heap import configure_heap as _configure_heap
-from metajax._src.xla_flags import configure_cpu_fusions as _configure_cpu_fusions
+``import metajax`` changes nothing in the process: it sets no environment variable, touches no
+allocator and loads no backend engine. The CPU tuning is the explicit call
+:func:`metajax.cpu.configure`; several devices and CPU processes are :mod:`metajax.distributed`;
+experiment drivers are :mod:`metajax.experiment` (each loaded on first use).
+"""
 
-_configure_cpu_fusions()  # before any computation initialises XLA; see metajax/_src/xla_flags.py
-_configure_heap()  # per-call XLA buffers reused from the heap; see metajax/_src/heap.py
+import importlib as _importlib
 
 from metajax import data, losses, models, tasks
-from metajax._src.adapt import adapt
-from metajax._src.anil import anil
-from metajax._src.cavia import cavia, cavia_adapt, cavia_evaluator
-from metajax._src.evaluate import Summary, evaluate, make_evaluator, mean_ci95, summarize
-from metajax._src.finetune import finetune_head, fit_head
-from metajax._src.imaml import imaml
-from metajax._src.implicit import conjugate_gradient, custom_root, root_vjp
-from metajax._src.loop import make_multi_step
-from metajax._src.maml import fomaml, maml, msl_weights
-from metajax._src.matchingnet import matching_logits, matchingnet, matchingnet_loss
-from metajax._src.metaoptnet import metaoptnet, metaoptnet_loss, svm_dual, svm_logits
-from metajax._src.metasgd import metasgd
-from metajax._src.metric import (
+from metajax._src.algorithms.anil import anil
+from metajax._src.algorithms.cavia import cavia, cavia_adapt, cavia_evaluator
+from metajax._src.algorithms.imaml import imaml
+from metajax._src.algorithms.maml import fomaml, maml, mamlpp
+from metajax._src.algorithms.metasgd import metasgd
+from metajax._src.algorithms.reptile import reptile
+from metajax._src.core.adapt import (
+    InnerUpdate,
+    adapt,
+    optax_update,
+    per_parameter_rates,
+    per_step_rates,
+    scale_by_rates,
+    scale_by_step_rates,
+    sgd_update,
+    with_aux,
+)
+from metajax._src.core.batching import (
+    TaskBatching,
+    default_batching,
+    mean_over_tasks,
+    vmap_batching,
+)
+from metajax._src.core.evaluate import Summary, evaluate, make_evaluator, mean_ci95, summarize
+from metajax._src.core.implicit import conjugate_gradient, custom_root, root_vjp
+from metajax._src.core.loop import make_multi_step
+from metajax._src.core.outer import (
+    GradientOrder,
+    Partition,
+    QueryObjective,
+    apply_outer_update,
+    final_query_loss,
+    first_order,
+    gradient_learner,
+    gradient_step,
+    init_state,
+    mean_task_gradient,
+    msl_weights,
+    multi_step_loss,
+    order_annealing,
+    second_order,
+    task_metrics,
+    tree_pmean,
+)
+from metajax._src.core.types import (
+    Adaptation,
+    LearnedRates,
+    MetaLearner,
+    MetaState,
+    TaskBatch,
+    adaptation_of,
+    num_tasks,
+)
+from metajax._src.metric.finetune import finetune_head, fit_head
+from metajax._src.metric.learner import (
     evaluate_episodes,
     head_task_loss,
     make_episode_evaluator,
     metric_learner,
 )
-from metajax._src.processes import (
-    init_process,
-    local_value,
-    mean_across,
-    mean_over_task_shards,
-    process_step,
-    task_split,
-    to_global,
-    tree_pmean,
-)
-from metajax._src.protonet import protonet, protonet_loss, prototypical_logits
-from metajax._src.r2d2 import r2d2, r2d2_head_init, r2d2_logits, r2d2_loss, ridge_weights
-from metajax._src.reptile import reptile
-from metajax._src.sharding import replicate, shard_tasks, task_mesh
-from metajax._src.task_batching import per_task_weight_convs, task_vmap
-from metajax._src.types import MetaLearner, MetaState, TaskBatch, num_tasks
-from metajax._src.winograd_rewrite import with_winograd_convs
+from metajax._src.metric.matchingnet import matching_logits, matchingnet, matchingnet_loss
+from metajax._src.metric.metaoptnet import metaoptnet, metaoptnet_loss, svm_dual, svm_logits
+from metajax._src.metric.protonet import protonet, protonet_loss, prototypical_logits
+from metajax._src.metric.r2d2 import r2d2, r2d2_head_init, r2d2_logits, r2d2_loss, ridge_weights
 
 __version__ = "0.1.0"
 
+_LAZY = ("cpu", "distributed", "experiment")
+
+
+def __getattr__(name):
+    """Loads :mod:`metajax.cpu`, :mod:`metajax.distributed` and :mod:`metajax.experiment` on
+    first use, so that ``import metajax`` stays light and inert."""
+    if name in _LAZY:
+        return _importlib.import_module(f"metajax.{name}")
+    raise AttributeError(f"module 'metajax' has no attribute {name!r}")
+
+
 __all__ = [
+    # core types
+    "Adaptation",
+    "LearnedRates",
     "MetaLearner",
     "MetaState",
-    "Summary",
     "TaskBatch",
+    "adaptation_of",
+    "num_tasks",
+    # the inner loop and its update rules
+    "InnerUpdate",
     "adapt",
+    "optax_update",
+    "per_parameter_rates",
+    "per_step_rates",
+    "scale_by_rates",
+    "scale_by_step_rates",
+    "sgd_update",
+    "with_aux",
+    # the outer loop's pieces
+    "GradientOrder",
+    "Partition",
+    "QueryObjective",
+    "apply_outer_update",
+    "final_query_loss",
+    "first_order",
+    "gradient_learner",
+    "gradient_step",
+    "init_state",
+    "mean_task_gradient",
+    "msl_weights",
+    "multi_step_loss",
+    "order_annealing",
+    "second_order",
+    "task_metrics",
+    "tree_pmean",
+    # task batching (the seam to backend engines)
+    "TaskBatching",
+    "default_batching",
+    "mean_over_tasks",
+    "vmap_batching",
+    # optimisation-based algorithms
     "anil",
     "cavia",
     "cavia_adapt",
     "cavia_evaluator",
-    "conjugate_gradient",
-    "custom_root",
-    "evaluate",
+    "fomaml",
+    "imaml",
+    "maml",
+    "mamlpp",
+    "metasgd",
+    "reptile",
+    # metric-based algorithms and heads
     "evaluate_episodes",
     "finetune_head",
     "fit_head",
-    "fomaml",
     "head_task_loss",
-    "imaml",
-    "init_process",
-    "local_value",
     "make_episode_evaluator",
-    "make_evaluator",
-    "make_multi_step",
-    "per_task_weight_convs",
-    "task_vmap",
-    "to_global",
-    "with_winograd_convs",
-    "maml",
-    "mean_across",
-    "mean_over_task_shards",
-    "tree_pmean",
     "matching_logits",
     "matchingnet",
     "matchingnet_loss",
-    "mean_ci95",
     "metaoptnet",
     "metaoptnet_loss",
-    "metasgd",
     "metric_learner",
-    "msl_weights",
-    "num_tasks",
-    "process_step",
     "protonet",
     "protonet_loss",
     "prototypical_logits",
@@ -95,17 +158,24 @@ __all__ = [
     "r2d2_head_init",
     "r2d2_logits",
     "r2d2_loss",
-    "reptile",
     "ridge_weights",
-    "root_vjp",
-    "summarize",
     "svm_dual",
     "svm_logits",
-    "replicate",
-    "shard_tasks",
-    "task_mesh",
-    "task_split",
+    # evaluation, loops, implicit differentiation
+    "Summary",
+    "conjugate_gradient",
+    "custom_root",
+    "evaluate",
+    "make_evaluator",
+    "make_multi_step",
+    "mean_ci95",
+    "root_vjp",
+    "summarize",
+    # namespaces
+    "cpu",
     "data",
+    "distributed",
+    "experiment",
     "losses",
     "models",
     "tasks",

@@ -12,7 +12,12 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from metajax._src.config import ConfigError, apply_overrides, config_from_dict, describe_fields
+from metajax._src.experiment.config import (
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    describe_fields,
+)
 
 ENV_EXPERIMENTS = "METAJAX_EXPERIMENTS"
 WORKER_GRACE_SECONDS = 30.0  # --processes: how long the others may run on after one failed
@@ -113,7 +118,7 @@ def _prepare_run_dir(args, module, name: str):
 
 def _write_run_config(out: Path, name: str, config) -> None:
     """``out/config.json`` as ``--resume`` reads it."""
-    from metajax._src.run_io import write_json_atomic
+    from metajax._src.experiment.run_io import write_json_atomic
 
     write_json_atomic(out / "config.json", {"experiment": name, "config": config})
 
@@ -138,7 +143,8 @@ def _free_port() -> int:
 
 def _launch_processes(args, module, name: str) -> int:
     """``metajax run --processes N``: the run directory, then N worker processes of this
-    command (one per CPU core, see :func:`metajax.init_process`); returns their exit code."""
+    command (one per CPU core, see :func:`metajax.distributed.init_process`); returns their
+    exit code."""
     import signal
     import subprocess
 
@@ -202,8 +208,8 @@ def _wait_workers(workers, grace: float) -> list[int]:
 
 
 def _cmd_run(args) -> int:
-    from metajax._src.checkpoint import CheckpointError
-    from metajax._src.training import Interrupted
+    from metajax._src.experiment.checkpoint import CheckpointError
+    from metajax._src.experiment.training import Interrupted
 
     if args.processes < 1:
         print(f"metajax run: --processes must be >= 1; got {args.processes}.", file=sys.stderr)
@@ -214,7 +220,7 @@ def _cmd_run(args) -> int:
     if args.processes > 1 and not worker:
         return _launch_processes(args, module, name)
     if worker:  # first, before JAX creates its backend
-        from metajax._src.processes import init_process
+        from metajax._src.distributed.processes import init_process
 
         init_process(args.process_id, args.processes, coordinator=args.coordinator)
     try:
@@ -242,14 +248,14 @@ def _cmd_run(args) -> int:
     if args.process_id:  # not process 0: the same results, printed by process 0
         return 0
     if isinstance(summary, dict) and "results" in summary:
-        from metajax._src.comparison import format_table
+        from metajax._src.experiment.comparison import format_table
 
         print(f"\nHeld-out query {summary.get('metric', 'loss')} (mean ± 95% CI over "
               f"{summary.get('num_test_tasks', '?')} tasks):")
         print(format_table(summary))
         cross = summary.get("cross_domain")
         if isinstance(cross, dict) and "results" in cross:
-            from metajax._src.cross_domain import format_retained
+            from metajax._src.experiment.cross_domain import format_retained
 
             name = cross.get("dataset", {}).get("name", "other domain")
             print(f"\nCross-domain ({name}) query {cross.get('metric', 'loss')} (mean ± 95% CI "
@@ -263,7 +269,7 @@ def _cmd_run(args) -> int:
 
 
 def _parse_grid(module, items: list[str]) -> dict[str, tuple]:
-    from metajax._src.config import field_types, parse_value
+    from metajax._src.experiment.config import field_types, parse_value
 
     types = field_types(module.Config)
     grid = {}
@@ -283,8 +289,8 @@ def _parse_grid(module, items: list[str]) -> dict[str, tuple]:
 def _cmd_sweep(args) -> int:
     import dataclasses
 
-    from metajax._src.run_io import write_json_atomic
-    from metajax._src.sweep import (
+    from metajax._src.experiment.run_io import write_json_atomic
+    from metajax._src.experiment.sweep import (
         format_sweep_table,
         grid_combinations,
         sweep_table,
@@ -435,7 +441,7 @@ def _rows_from_summaries(combos, summaries, eval_steps):
 
 
 def _plot_sweep(rows, eval_steps, path):
-    from metajax._src.plots import _pyplot
+    from metajax._src.experiment.plots import _pyplot
 
     plt = _pyplot()
     last = str(eval_steps[-1])
@@ -452,7 +458,7 @@ def _plot_sweep(rows, eval_steps, path):
 
 
 def _cmd_report(args) -> int:
-    from metajax._src.report import report
+    from metajax._src.experiment.report import report
 
     try:
         table = report(args.runs, plot_path=None if args.no_plot else args.plot)
@@ -529,11 +535,30 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "pin_cpu", None) is not None:  # one core: XLA gives it one thread
         os.sched_setaffinity(0, {args.pin_cpu})
+    if args.command in ("run", "sweep"):
+        _tune_cpu()
     if args.command == "run":
         _enable_compilation_cache()
     if getattr(args, "process_id", None) is not None:
         return _run_worker(args)
     return args.func(args)
+
+
+def _tune_cpu() -> None:
+    """``metajax.cpu.configure()`` before anything computes, unless JAX will run on an
+    accelerator (``JAX_PLATFORMS`` names another platform, or a JAX plugin such as CUDA's is
+    installed and ``JAX_PLATFORMS`` does not restrict JAX to the CPU)."""
+    from importlib.metadata import entry_points
+
+    platforms = os.environ.get("JAX_PLATFORMS", "").lower()
+    if platforms and platforms != "cpu":
+        return
+    if not platforms and list(entry_points(group="jax_plugins")):
+        return
+    from metajax._src.cpu.configure import backend_started, configure
+
+    if not backend_started():  # called in-process after JAX already ran (tests): leave it
+        configure()
 
 
 def _run_worker(args) -> int:

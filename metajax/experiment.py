@@ -1,15 +1,15 @@
 """Building blocks of experiments: training driver, baselines, comparison, cross-domain
 evaluation, the shared sinusoid / few-shot / Omniglot runs, run outputs, plots."""
 
-from metajax._src import plots
-from metajax._src.baselines import adam_with_clipping, pretrain, select_lr
-from metajax._src.checkpoint import Checkpointer, CheckpointError
-from metajax._src.classifier_pretrain import (
+from metajax._src.experiment import plots
+from metajax._src.experiment.baselines import adam_with_clipping, pretrain, select_lr
+from metajax._src.experiment.checkpoint import Checkpointer, CheckpointError
+from metajax._src.experiment.classifier_pretrain import (
     classifier_learner,
     minibatch_sampler,
     pretrain_classifier,
 )
-from metajax._src.comparison import (
+from metajax._src.experiment.comparison import (
     ComparisonResult,
     Pretraining,
     compare_with_baselines,
@@ -17,8 +17,12 @@ from metajax._src.comparison import (
     format_table,
     run_pretraining,
 )
-from metajax._src.cross_domain import advantage_retained, cross_domain_report, format_retained
-from metajax._src.fewshot import (
+from metajax._src.experiment.cross_domain import (
+    advantage_retained,
+    cross_domain_report,
+    format_retained,
+)
+from metajax._src.experiment.fewshot import (
     FewShotConfig,
     MetricComparison,
     compare_metric_learner,
@@ -26,7 +30,7 @@ from metajax._src.fewshot import (
     mlp_embedding,
     run_fewshot,
 )
-from metajax._src.omniglot_run import (
+from metajax._src.experiment.omniglot_run import (
     OmniglotConfig,
     OmniglotGradientConfig,
     OmniglotMetricConfig,
@@ -38,10 +42,15 @@ from metajax._src.omniglot_run import (
     run_omniglot,
     run_omniglot_metric,
 )
-from metajax._src.run_io import RunWriter, read_records, write_json_atomic
-from metajax._src.sinusoid_run import SinusoidConfig, run_sinusoid, sinusoid_mlp
-from metajax._src.sweep import SweepProblem, grid_combinations, sweep_table, vmapped_sweep
-from metajax._src.training import Interrupted, TrainResult, meta_train
+from metajax._src.experiment.run_io import RunWriter, read_records, write_json_atomic
+from metajax._src.experiment.sinusoid_run import SinusoidConfig, run_sinusoid, sinusoid_mlp
+from metajax._src.experiment.sweep import (
+    SweepProblem,
+    grid_combinations,
+    sweep_table,
+    vmapped_sweep,
+)
+from metajax._src.experiment.training import Interrupted, TrainResult, meta_train
 
 __all__ = [
     "CheckpointError",

@@ -14,7 +14,7 @@ Apply = Callable[[object, jax.Array], jax.Array]
 def mse(apply: Apply) -> Callable:
     """Mean squared error loss ``loss_fn(params, (x, y))`` for a regression model.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> loss = mse(lambda w, x: w * x)
         >>> float(loss(2.0, (jnp.ones(3), jnp.zeros(3))))

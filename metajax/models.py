@@ -9,8 +9,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metajax._src.conv_block import conv_bn_relu_pool
-
 
 class MLP(nn.Module):
     """A multi-layer perceptron: Dense layers with an activation between them.
@@ -19,7 +17,7 @@ class MLP(nn.Module):
         features: output width of every layer; the last entry is the output size.
         activation: nonlinearity applied after every layer but the last.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> model = MLP(features=(40, 40, 1))
         >>> params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)))["params"]
@@ -51,7 +49,7 @@ def nnx_apply(graphdef, *state) -> Callable:
         graphdef: from ``graphdef, params, *state = nnx.split(module, nnx.Param, ...)``.
         *state: the non-parameter states of the split (batch statistics, RNG counts).
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from flax import nnx
         >>> graphdef, params, rest = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Param, ...)
@@ -77,7 +75,7 @@ class ContextMLP(nn.Module):
         features: output width of every layer; the last entry is the output size.
         activation: nonlinearity applied after every layer but the last.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> model = ContextMLP(features=(40, 40, 1))
         >>> params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)), jnp.zeros(5))["params"]
@@ -119,11 +117,13 @@ class Conv4(nn.Module):
             (for metric-based methods such as Prototypical Networks).
         fuse_thin_blocks: compute max-pooled blocks whose input has at most
             ``FUSED_MAX_CHANNELS`` (3) channels (the first block on Omniglot and
-            mini-ImageNet) with :func:`metajax._src.conv_block.conv_bn_relu_pool`, which never
-            forms the convolution's full-resolution output. Same variables and values as the
-            separate layers (to float rounding); faster on CPU (see the README's *Speed*).
+            mini-ImageNet) with the CPU engine's fused block
+            (:func:`metajax.cpu.conv_bn_relu_pool`), which never forms the convolution's
+            full-resolution output. Same variables and values as the separate layers (to float
+            rounding); faster on CPU (``docs/design/cpu-engine.md``). ``None`` (the default):
+            fused when the default backend is the CPU.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> model = Conv4(n_way=5, features=4)
         >>> variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
@@ -136,13 +136,16 @@ class Conv4(nn.Module):
     features: int = 64
     strided: bool = False
     head: bool = True
-    fuse_thin_blocks: bool = True
+    fuse_thin_blocks: bool | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        fuse = (jax.default_backend() == "cpu" if self.fuse_thin_blocks is None
+                else self.fuse_thin_blocks)
         for i in range(4):
-            if (self.fuse_thin_blocks and not self.strided
-                    and x.shape[-1] <= FUSED_MAX_CHANNELS and x.ndim == 4):
+            if fuse and not self.strided and x.shape[-1] <= FUSED_MAX_CHANNELS and x.ndim == 4:
+                from metajax._src.cpu.conv_block import conv_bn_relu_pool  # the CPU engine
+
                 kernel, bias = _ConvParams(self.features, (3, 3), name=f"conv_{i}")(x.shape[-1])
                 x = _BatchNormFused(self.features, name=f"norm_{i}")(
                     functools.partial(conv_bn_relu_pool, x, kernel, bias))
@@ -227,7 +230,7 @@ class ResNet12(nn.Module):
         widths: filters of the four blocks.
         head: end with a Dense layer to ``n_way`` logits; ``False`` returns the embedding.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> model = ResNet12(widths=(4, 4, 8, 8), head=False)
         >>> variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3)))
@@ -261,7 +264,7 @@ def linen_apply(model: nn.Module, variables) -> Callable:
         model: a Linen module called as ``model.apply(variables, x)``.
         variables: from ``model.init(key, x)``; only the non-``params`` collections are used.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, metajax
         >>> model = MLP(features=(4, 2))
         >>> variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)))

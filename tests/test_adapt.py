@@ -18,7 +18,7 @@ from helpers import (
 )
 
 import metajax
-from metajax._src import adapt as metajax_adapt
+from metajax._src.core import adapt as metajax_adapt
 
 # ---------------------------------------------------------------------------------------------
 # Problems

@@ -74,7 +74,7 @@ def test_head_as_mask_function_equals_head_as_key(x64):
     b, _ = jax.jit(by_fn.step)(by_fn.init(nested), tasks)
     assert_trees_all_close(a.params, b.params, rtol=1e-6, atol=1e-7)
     assert not np.allclose(np.asarray(a.params["body"]["w"]), np.asarray(nested["body"]["w"]))
-    start, lr = by_key.adapt_setup(a.params)
+    start, lr, _ = by_key.adaptation(a.params)
     assert start is a.params
     assert lr == {"body": {"b": 0.0, "w": 0.0}, "head": {"v": 0.3}}
 

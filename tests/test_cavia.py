@@ -110,7 +110,7 @@ def test_cavia_learns_sinusoid_quickly():
 
     learner = metajax.cavia(loss_fn, optax.adam(1e-2), num_context=4, inner_steps=2,
                             inner_lr=1.0)
-    assert learner.adapt_setup is None
+    assert learner.adaptation is None
     sample = functools.partial(tasks.sinusoid, n_tasks=10)
     run = jax.jit(metajax.make_multi_step(learner.step, sample, steps_per_call=300))
     state, metrics = run(learner.init(params), jax.random.PRNGKey(1))

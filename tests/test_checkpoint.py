@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metajax._src import checkpoint as ckpt_mod
-from metajax._src.checkpoint import Checkpointer, CheckpointError
+from metajax._src.experiment import checkpoint as ckpt_mod
+from metajax._src.experiment.checkpoint import Checkpointer, CheckpointError
 
 TREE = {"w": jnp.arange(6.0).reshape(2, 3), "n": jnp.int32(4), "key": jnp.array([1, 2], jnp.uint32)}
 

@@ -11,7 +11,7 @@ import pytest
 from helpers import classification_tasks, linear_logits, mlp_mse, mlp_params, regression_tasks
 
 import metajax
-from metajax._src.chunking import map_task_chunks
+from metajax._src.core.chunking import map_task_chunks
 from metajax.experiment import evaluate_methods
 
 

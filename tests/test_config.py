@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from metajax._src.config import ConfigError, apply_overrides, parse_value
+from metajax._src.experiment.config import ConfigError, apply_overrides, parse_value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ from helpers import assert_trees_all_close
 from jax import lax
 
 from metajax import models
-from metajax._src.conv_block import conv_bn_relu_pool, same_patches
+from metajax._src.cpu.conv_block import conv_bn_relu_pool, same_patches
 
 
 def _reference(x, kernel, bias, scale, offset, epsilon=1e-5):

@@ -3,7 +3,7 @@
 Each method meta-trains a 40-40 MLP for a few hundred outer steps (meta-batch 10, one compiled
 call via ``metajax.make_multi_step``). The test compares the held-out post-adaptation MSE of the
 meta-learned parameters with that of scratch: the same network at its random initialisation,
-adapted identically (same steps, same test-time step sizes from ``adapt_setup``).
+adapted identically (same steps, same test-time step sizes from ``adaptation``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ LOSS = metajax.losses.mse(lambda p, x: MODEL.apply({"params": p}, x))
 
 
 def _learners():
-    """``name -> (learner, outer steps, adaptation steps evaluated, lr if no adapt_setup)``."""
+    """``name -> (learner, outer steps, adaptation steps evaluated, lr if no adaptation)``."""
     adam = optax.adam(1e-2)
     return {
         "fomaml": (metajax.fomaml(LOSS, adam, inner_steps=1, inner_lr=0.01), 300, 1, 0.01),
@@ -55,7 +55,9 @@ def test_method_learns_sinusoid(name):
     params = MODEL.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)))["params"]
 
     def pre_and_post_adaptation(meta):
-        start, rates = (meta, lr) if learner.adapt_setup is None else learner.adapt_setup(meta)
+        start, rates, inner_opt = metajax.adaptation_of(learner, meta, lr=lr)
+        if inner_opt is not None:  # Reptile: the evaluation below adapts with SGD at `lr`
+            rates = lr
         if jax.tree.structure(rates) != jax.tree.structure(start):
             rates = jax.tree.map(lambda _: rates, start)
         rates = jax.tree.map(lambda p, a: jnp.broadcast_to(jnp.asarray(a, p.dtype), p.shape),

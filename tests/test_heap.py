@@ -1,4 +1,4 @@
-"""metajax's import-time malloc settings (metajax/_src/heap.py)."""
+"""metajax.cpu.configure()'s malloc settings (metajax/_src/cpu/heap.py)."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from metajax._src import heap
+from metajax._src.cpu import heap
 
 needs_glibc = pytest.mark.skipif(heap._glibc() is None,
                                  reason="the malloc settings exist only under glibc")
@@ -26,12 +26,13 @@ def test_the_users_own_malloc_settings_win(environ, wanted):
 
 
 # A program with a 128 MiB scratch buffer (the transposed exp). Under glibc's defaults every
-# call maps it afresh (32768 page faults). With metajax's settings calls reuse it from the
+# call maps it afresh (32768 page faults). With configure()'s settings calls reuse it from the
 # heap and fault nothing, once the heap has grown to hold the blocks that are in flight at
 # once (a few calls; XLA frees a call's buffers shortly after its result is ready, so calls
 # are spaced out here as real steps are). Printed: the median over the last 8 of 16 calls.
 PAGE_FAULTS = """
-import time, resource, metajax, jax, jax.numpy as jnp
+import time, resource, metajax.cpu, jax, jax.numpy as jnp
+metajax.cpu.configure()
 def f(x, v):
     h = jnp.exp(x.reshape(4096, 4096).T)
     return (h @ v)[:4] + (h.T @ v)[:4]
@@ -64,7 +65,7 @@ def test_glibc_tunables_give_another_process_the_same_settings():
 
 
 @needs_glibc
-def test_import_makes_large_scratch_buffers_reuse_the_heap():
+def test_configure_makes_large_scratch_buffers_reuse_the_heap():
     pages = 2**27 // 4096
     assert _faults_per_call() < 0.5 * pages
     assert _faults_per_call(**{heap.OPT_OUT: "1"}) > 0.5 * pages  # glibc's defaults

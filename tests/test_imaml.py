@@ -99,7 +99,7 @@ def test_imaml_learns_sinusoid_quickly():
     outer = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(3e-3))
     learner = metajax.imaml(loss_fn, outer, lam=0.5, inner_steps=20, inner_lr=0.02,
                             cg_steps=5, cg_damping=1.0)
-    assert learner.adapt_setup(params) == (params, 0.02)
+    assert learner.adaptation(params) == metajax.Adaptation(params, 0.02)
     sample = functools.partial(tasks.sinusoid, n_tasks=10)
     run = jax.jit(metajax.make_multi_step(learner.step, sample, steps_per_call=400))
     state, metrics = run(learner.init(params), jax.random.PRNGKey(1))

@@ -11,7 +11,7 @@ import pytest
 from helpers import assert_trees_all_close, fd_gradient
 
 import metajax
-from metajax._src.maml import _per_step_lr_inner_step
+from metajax._src.core.adapt import inner_step
 
 
 def _maml(**kwargs):
@@ -135,40 +135,40 @@ def test_per_step_rates_meta_gradient_matches_finite_differences(x64):
     state = learner.init(params)
     rates = {"w": jnp.asarray([0.3, 0.1]), "b": jnp.asarray([0.2, 0.05]),
              "v": jnp.asarray([0.4, 0.25])}
-    state = state._replace(params={"init": params, "lr": rates},
-                           opt_state=optax.sgd(1.0).init({"init": params, "lr": rates}))
+    meta = metajax.LearnedRates(init=params, lr=rates)
+    state = state._replace(params=meta, opt_state=optax.sgd(1.0).init(meta))
     new_state, metrics = jax.jit(learner.step)(state, tasks)
 
     def meta_loss(meta):  # by hand: step t uses rate lr[leaf][t]
         total = 0.0
         for i in range(3):
             support, query = zoo.task(tasks, i)
-            rate = lambda t: {k: a[t] for k, a in meta["lr"].items()}  # noqa: E731
-            total += zoo.loss(zoo.sgd(meta["init"], support, rate, 2), query)
+            rate = lambda t: {k: a[t] for k, a in meta.lr.items()}  # noqa: E731
+            total += zoo.loss(zoo.sgd(meta.init, support, rate, 2), query)
         return total / 3
 
     grads = zoo.applied_gradient(state, new_state)
     assert_trees_all_close(grads, fd_gradient(jax.jit(meta_loss), state.params),
                            rtol=1e-6, atol=1e-8)
-    assert float(jnp.abs(grads["lr"]["w"]).min()) > 1e-5  # every step's rate is learned
+    assert float(jnp.abs(grads.lr["w"]).min()) > 1e-5  # every step's rate is learned
     np.testing.assert_allclose(float(metrics["loss"]), float(meta_loss(state.params)),
                                rtol=1e-12)
 
 
-def test_per_step_rates_init_adapt_setup_and_later_steps(x64):
+def test_per_step_rates_init_adaptation_and_later_steps(x64):
     params = zoo.params()
     learner = metajax.maml(zoo.loss, optax.sgd(0.1), inner_steps=3,
                            inner_lr={"w": 0.1, "b": 0.2, "v": 0.3}, per_step_lr=True)
     meta = learner.init(params).params
-    np.testing.assert_allclose(np.asarray(meta["lr"]["b"]), [0.2, 0.2, 0.2])
-    meta["lr"]["v"] = jnp.asarray([0.3, 0.2, 0.1])
-    start, lr = learner.adapt_setup(meta)
-    assert start is meta["init"]
+    np.testing.assert_allclose(np.asarray(meta.lr["b"]), [0.2, 0.2, 0.2])
+    meta.lr["v"] = jnp.asarray([0.3, 0.2, 0.1])
+    start, lr, _ = learner.adaptation(meta)
+    assert start is meta.init
     np.testing.assert_allclose([float(lr[k]) for k in "wbv"], [0.1, 0.2, 0.1], rtol=1e-6)
 
     # Inner steps past the learned ones reuse the last step's rates.
-    step = _per_step_lr_inner_step(lambda p, b: (zoo.loss(p, b), {}),
-                                   {k: jnp.asarray([0.5, 0.1]) for k in "wbv"}, first_order=False)
+    step = inner_step(zoo.loss, metajax.scale_by_step_rates(
+        {k: jnp.asarray([0.5, 0.1]) for k in "wbv"}))
     support = zoo.task(zoo.tasks(), 0)[0]
     carry = (params, jnp.asarray(0))
     for _ in range(3):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from helpers import assert_trees_all_close
 
-from metajax._src.materialize import materialized
+from metajax._src.cpu.materialize import materialized
 
 
 def test_materialized_is_fun_for_values_gradients_and_vmap():

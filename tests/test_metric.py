@@ -17,7 +17,7 @@ import optax
 import pytest
 
 import metajax
-from metajax._src.metaoptnet import project_dual_row
+from metajax._src.metric.metaoptnet import project_dual_row
 
 N_WAY = 3
 

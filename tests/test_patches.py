@@ -6,8 +6,8 @@ import pytest
 from helpers import assert_trees_all_close
 from jax import lax
 
-from metajax._src.patches import conv_patches, patches_apply
-from metajax._src.winograd_rewrite import with_winograd_convs
+from metajax._src.cpu.patches import conv_patches, patches_apply
+from metajax._src.cpu.winograd_rewrite import with_winograd_convs
 
 CASES = [  # (layouts, lhs shape, kernel shape (spatial), padding)
     (("NHWC", "HWIO", "NHWC"), (4, 3, 3, 16), (3, 3), ((1, 1), (1, 1))),  # Conv4 block 4

@@ -21,7 +21,7 @@ import jax, jax.numpy as jnp, optax
 import metajax
 from metajax import losses, models
 
-def setup(outer_opt):
+def setup(outer_opt, axis_name=None):
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
     n, way = 4, 2
     support = (jax.random.normal(k1, (n, 2, 16, 16, 1)), jnp.tile(jnp.arange(way), (n, 1)))
@@ -30,23 +30,23 @@ def setup(outer_opt):
     variables = model.init(jax.random.PRNGKey(1), support[0][0])
     loss = losses.cross_entropy(models.linen_apply(model, variables))
     learner = metajax.maml(loss, outer_opt, inner_steps=1, inner_lr=0.4, has_aux=True,
-                           track_pre_adaptation=False)
+                           track_pre_adaptation=False, axis_name=axis_name)
     return learner, learner.init(variables["params"]), metajax.TaskBatch(support, query)
 """
 
 WORKER = SETUP + """
 import json, sys
 process_id, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-mesh = metajax.init_process(process_id, 2, coordinator=f"localhost:{port}")
-learner, state, tasks = setup(optax.chain(metajax.mean_across(), optax.sgd(0.5)))
+mesh = metajax.distributed.init_process(process_id, 2, coordinator=f"localhost:{port}")
+learner, state, tasks = setup(optax.sgd(0.5), axis_name="tasks")
 tasks_host = tasks
-step = jax.jit(metajax.process_step(learner.step, mesh))
-state = metajax.to_global(state, mesh)
-tasks = metajax.to_global(tasks, mesh, share=True)
+step = jax.jit(metajax.distributed.process_step(learner.step, mesh))
+state = metajax.distributed.to_global(state, mesh)
+tasks = metajax.distributed.to_global(tasks, mesh, share=True)
 for _ in range(2):
     state, metrics = step(state, tasks)
-params = metajax.local_value(state.params)
-from metajax._src.chunking import map_task_chunks
+params = metajax.distributed.local_value(state.params)
+from metajax._src.core.chunking import map_task_chunks
 many = metajax.TaskBatch(jnp.arange(7.0)[:, None], jnp.arange(7)[:, None])
 chunks = {str(c): map_task_chunks(lambda t: {"a": t.support[None, :, 0] * 2,
                                               "b": t.query[None, :, 0] + 1},
@@ -54,19 +54,19 @@ chunks = {str(c): map_task_chunks(lambda t: {"a": t.support[None, :, 0] * 2,
           for c in (None, 1, 2, 3, 4, 7, 9)}
 chunks = {c: {"a": o["a"].tolist(), "b": o["b"].tolist()} for c, o in chunks.items()}
 try:
-    metajax.to_global(jax.tree.map(lambda x: x[:3], tasks_host), mesh, share=True)
+    metajax.distributed.to_global(jax.tree.map(lambda x: x[:3], tasks_host), mesh, share=True)
     bad = ""
 except ValueError as e:
     bad = str(e)
-split = metajax.task_split(4)
+split = metajax.distributed.task_split(4)
 try:
-    metajax.task_split(3)
+    metajax.distributed.task_split(3)
     split_bad = ""
 except ValueError as e:
     split_bad = str(e)
 json.dump({"params": jax.tree.map(lambda x: x.tolist(), params),
-           "loss": float(metajax.local_value(metrics["loss"])),
-           "drift": float(metajax.local_value(metrics["replica_drift"])),
+           "loss": float(metajax.distributed.local_value(metrics["loss"])),
+           "drift": float(metajax.distributed.local_value(metrics["replica_drift"])),
            "bad": bad, "chunks": chunks, "split_bad": split_bad,
            "split": [split["shard_map"], split["mesh"].shape["tasks"]],
            "local_rows": int(tasks.query[0].addressable_data(0).shape[0]),
@@ -78,7 +78,7 @@ json.dump({"params": jax.tree.map(lambda x: x.tolist(), params),
 TRAIN_SETUP = """
 import functools, jax, jax.numpy as jnp, optax
 import metajax
-from metajax._src.training import meta_train
+from metajax._src.experiment.training import meta_train
 
 def own_learner(loss, outer_opt):
     # A learner of one's own: plain gradient of the mean query loss, no averaging.
@@ -96,8 +96,11 @@ def train(outer_opt, mesh=None, kind="maml", on_record=None):
     model = metajax.models.MLP(features=(16, 16, 1))
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)))["params"]
     loss = lambda p, batch: jnp.mean((model.apply({"params": p}, batch[0]) - batch[1]) ** 2)
-    learner = {"maml": lambda: metajax.maml(loss, outer_opt, inner_steps=1, inner_lr=0.01),
-               "reptile": lambda: metajax.reptile(loss, outer_opt, inner_steps=2, inner_lr=0.01),
+    axis = None if mesh is None else "tasks"  # the learners average over the processes
+    learner = {"maml": lambda: metajax.maml(loss, outer_opt, inner_steps=1, inner_lr=0.01,
+                                            axis_name=axis),
+               "reptile": lambda: metajax.reptile(loss, outer_opt, inner_steps=2, inner_lr=0.01,
+                                                  axis_name=axis),
                "own": lambda: own_learner(loss, outer_opt)}[kind]()
     sample = functools.partial(metajax.tasks.sinusoid, n_tasks=4)
     val = functools.partial(metajax.tasks.sinusoid, n_tasks=8)(jax.random.PRNGKey(9))
@@ -111,18 +114,18 @@ def train(outer_opt, mesh=None, kind="maml", on_record=None):
 TRAIN_WORKER = TRAIN_SETUP + """
 import json, sys
 process_id, port, out, kinds = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
-mesh = metajax.init_process(process_id, 2, coordinator=f"localhost:{port}")
+mesh = metajax.distributed.init_process(process_id, 2, coordinator=f"localhost:{port}")
 records = {}
 def ctrl_c_on_process_1(record):  # Ctrl-C that reaches process 1 only, after step 6
     if process_id == 1 and record["step"] == 6:
         import os, signal
         os.kill(os.getpid(), signal.SIGINT)
 
-from metajax._src.training import Interrupted
+from metajax._src.experiment.training import Interrupted
 for kind in kinds:  # "maml", "reptile", "own"; "+" chains mean_across before the optimizer
     base = kind.rstrip("+")                  # "stop": maml, Ctrl-C on process 1 only
-    outer = optax.chain(metajax.mean_across(), optax.sgd(0.05)) if kind.endswith("+") \
-        else optax.sgd(0.05)
+    outer = (optax.chain(metajax.distributed.mean_across(), optax.sgd(0.05))
+             if kind.endswith("+") else optax.sgd(0.05))
     try:
         result = train(outer, mesh, "maml" if base == "stop" else base,
                        ctrl_c_on_process_1 if base == "stop" else None)
@@ -207,7 +210,7 @@ def test_ctrl_c_on_one_process_stops_all_at_the_same_step(two_process_training):
 
 
 def test_chunks_are_shared_out_and_gathered_over_the_processes(two_process_run):
-    from metajax._src.chunking import map_task_chunks
+    from metajax._src.core.chunking import map_task_chunks
 
     many = metajax.TaskBatch(jnp.arange(7.0)[:, None], jnp.arange(7)[:, None])
     for chunk, got in two_process_run[0]["chunks"].items():
@@ -254,7 +257,7 @@ def test_two_processes_equal_one_process_on_the_whole_meta_batch(two_process_run
 
 def test_mean_across_averages_over_the_axis():
     mesh = jax.make_mesh((1,), ("tasks",))
-    tx = metajax.mean_across()
+    tx = metajax.distributed.mean_across()
     updates = {"w": jnp.arange(3.0)}
     out = jax.shard_map(lambda u: tx.update(u, tx.init(u))[0], mesh=mesh,
                         in_specs=jax.sharding.PartitionSpec(),
@@ -286,7 +289,7 @@ def test_tree_pmean_is_one_collective_per_dtype_and_equals_pmean():
     one = jax.tree.map(lambda x: x[0], tree)
     assert len(_collectives(lambda t: metajax.tree_pmean(t, "tasks"), one)) == 3
     assert len(_collectives(lambda t: jax.lax.pmean(t, "tasks"), one)) == 5  # one per leaf
-    tx = metajax.mean_across()
+    tx = metajax.distributed.mean_across()
     assert len(_collectives(lambda t: tx.update(t, tx.init(t))[0],
                             jax.tree.map(lambda x: x.astype(jnp.float32), one))) == 1
 
@@ -304,11 +307,11 @@ def _all_eqns(jaxpr):
 def test_a_maml_step_over_processes_averages_in_one_collective_each():
     """Under process_step a Conv4 MAML step averages its 18 parameter gradients in one psum,
     its metrics in another, and takes the parameter drift in one pmax."""
-    from metajax._src.processes import process_step_body
+    from metajax._src.distributed.processes import process_step_body
 
     namespace = {}
     exec(textwrap.dedent(SETUP), namespace)
-    learner, state, tasks = namespace["setup"](optax.sgd(0.5))
+    learner, state, tasks = namespace["setup"](optax.sgd(0.5), axis_name="tasks")
     assert len(jax.tree.leaves(state.params)) == 18
     jaxpr = jax.make_jaxpr(process_step_body(learner.step), axis_env=[("tasks", 2)])(
         state, tasks).jaxpr
@@ -319,16 +322,16 @@ def test_a_maml_step_over_processes_averages_in_one_collective_each():
 
 def test_init_process_checks_its_arguments_and_the_backend():
     with pytest.raises(ValueError, match="process_id"):
-        metajax.init_process(2, 2)
+        metajax.distributed.init_process(2, 2)
     with pytest.raises(ValueError, match="num_processes"):
-        metajax.init_process(0, 0)
+        metajax.distributed.init_process(0, 0)
     jnp.zeros(1).block_until_ready()  # the backend exists now
     with pytest.raises(RuntimeError, match="before JAX computes anything"):
-        metajax.init_process(0, 2)
+        metajax.distributed.init_process(0, 2)
 
 
 def test_meta_train_shard_map_needs_a_mesh():
-    from metajax._src.training import meta_train
+    from metajax._src.experiment.training import meta_train
 
     learner = metajax.maml(lambda w, b: jnp.mean((b[0] * w - b[1]) ** 2), optax.sgd(0.1),
                            inner_steps=1, inner_lr=0.01)

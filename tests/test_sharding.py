@@ -8,7 +8,7 @@ SCRIPT = textwrap.dedent("""
     import functools, json
     import jax, jax.numpy as jnp, optax, metajax
     from metajax.experiment import meta_train
-    from metajax._src.loop import make_multi_step
+    from metajax._src.core.loop import make_multi_step
     assert jax.device_count() == 4, jax.devices()
     loss = metajax.losses.mse(lambda p, x: x @ p["w"] + p["b"])
     sample = functools.partial(metajax.tasks.linear_regression, n_tasks=8, k_shot=3, n_query=5,
@@ -18,15 +18,16 @@ SCRIPT = textwrap.dedent("""
     kw = dict(key=jax.random.PRNGKey(0), num_steps=30, tasks_per_step=8, steps_per_call=10,
               log_every=10, progress=False)
     single = meta_train(learner.step, learner.init(init), sample, **kw)
-    mesh = metajax.task_mesh()
+    mesh = metajax.distributed.task_mesh()
     sharded = meta_train(learner.step, learner.init(init), sample, mesh=mesh, **kw)
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
                zip(jax.tree.leaves(single.state.params), jax.tree.leaves(sharded.state.params)))
-    tasks = jax.jit(metajax.shard_tasks(sample, mesh))(jax.random.PRNGKey(1))
-    hlo = jax.jit(make_multi_step(learner.step, metajax.shard_tasks(sample, mesh),
+    tasks = jax.jit(metajax.distributed.shard_tasks(sample, mesh))(jax.random.PRNGKey(1))
+    hlo = jax.jit(make_multi_step(learner.step, metajax.distributed.shard_tasks(sample, mesh),
                                   steps_per_call=1)).lower(sharded.state, kw["key"]).compile()
     try:
-        jax.jit(metajax.shard_tasks(functools.partial(sample, n_tasks=6), mesh))(kw["key"])
+        sharded_sample = metajax.distributed.shard_tasks(functools.partial(sample, n_tasks=6), mesh)
+        jax.jit(sharded_sample)(kw["key"])
         bad = "no error"
     except ValueError as err:
         bad = str(err)

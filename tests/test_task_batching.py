@@ -1,4 +1,4 @@
-"""task_vmap / task batching: every rewrite equals plain jax.vmap (values and gradients)."""
+"""The CPU engine's task batching: every rewrite equals plain jax.vmap (values and gradients)."""
 
 import flax.linen as nn
 import jax
@@ -10,11 +10,12 @@ from helpers import assert_trees_all_close
 from jax import lax
 
 import metajax
+import metajax.cpu
 from metajax import losses, models
-from metajax._src.outer import mean_task_gradient
-from metajax._src.task_batching import lowering_counts
+from metajax._src.core.outer import mean_task_gradient
+from metajax._src.cpu.task_batching import lowering_counts
 
-STRATEGY = "conv_per_task"
+BATCHINGS = {"vmap": metajax.vmap_batching(), "engine": metajax.cpu.conv_batching()}
 
 
 def _normal(seed, shape):
@@ -24,7 +25,7 @@ def _normal(seed, shape):
 def _both(fun, *args, in_axes=0):
     """``(jax.vmap result, task_vmap result under jit)``."""
     plain = jax.vmap(fun, in_axes=in_axes)(*args)
-    fast = jax.jit(metajax.task_vmap(fun, in_axes, strategy=STRATEGY))(*args)
+    fast = jax.jit(metajax.cpu.task_vmap(fun, in_axes))(*args)
     return plain, fast
 
 
@@ -71,8 +72,8 @@ def test_shared_weights_fold_into_the_batch():
                                                  dimension_numbers=NHWC)
     w, x = _normal(0, (3, 3, 2, 4)), _normal(1, (3, 5, 6, 6, 2))
     assert_trees_all_close(*_both(conv, w, x, in_axes=(None, 0)), atol=1e-5)
-    assert metajax.per_task_weight_convs(conv, (None, 0), w, x) == 0
-    assert metajax.per_task_weight_convs(conv, 0, jnp.stack([w] * 3), x) == 1
+    assert metajax.cpu.per_task_weight_convs(conv, (None, 0), w, x) == 0
+    assert metajax.cpu.per_task_weight_convs(conv, 0, jnp.stack([w] * 3), x) == 1
 
 
 def test_max_pool_rules_equal_vmap_to_second_order():
@@ -112,15 +113,25 @@ def test_pytree_in_axes_and_no_convolution():
     params = {"w": _normal(0, (3, 4, 2)), "s": jnp.ones(())}
     batch = {"x": _normal(1, (3, 5, 4))}
     plain = jax.vmap(fun, in_axes=({"w": 0, "s": None}, 0))(params, batch)
-    fast = metajax.task_vmap(fun, ({"w": 0, "s": None}, 0), strategy=STRATEGY)(params, batch)
+    fast = metajax.cpu.task_vmap(fun, ({"w": 0, "s": None}, 0))(params, batch)
     assert_trees_all_close(plain, fast, atol=1e-6)
 
 
-def test_bad_strategy_is_named():
-    with pytest.raises(ValueError, match="task_batching"):
-        metajax.task_vmap(jnp.sin, strategy="fast")
+def test_bad_task_batching_is_named():
+    with pytest.raises(TypeError, match="task_batching"):
+        metajax.maml(lambda p, b: 0.0, optax.sgd(0.1), inner_steps=1, inner_lr=0.1,
+                     task_batching="conv_per_task")
     with pytest.raises(ValueError, match="task-axis"):
-        metajax.task_vmap(jnp.add, strategy=STRATEGY)(jnp.ones(3), jnp.ones(4))
+        metajax.cpu.task_vmap(jnp.add)(jnp.ones(3), jnp.ones(4))
+    with pytest.raises(ValueError, match="task_group"):
+        metajax.cpu.conv_batching(task_group=0)
+
+
+def test_default_batching_is_the_engine_on_cpu():
+    assert jax.default_backend() == "cpu"
+    default = metajax.default_batching()
+    assert default.mean_gradient.__module__ == "metajax._src.cpu.batching"
+    assert metajax.vmap_batching().mean_gradient.__module__ == "metajax._src.core.batching"
 
 
 # ------------------------------------------------------------------ meta-gradients
@@ -179,11 +190,11 @@ def test_maml_meta_gradient_equals_vmap(model, first_order):
     loss_fn = losses.cross_entropy(apply)
     tasks = _tasks(size=16 if model.startswith("conv4") else 8)
     grads = {}
-    for strategy in ("vmap", STRATEGY):
+    for strategy, batching in BATCHINGS.items():
         learner = metajax.maml(loss_fn, optax.sgd(1.0),
                                inner_steps=1 if model.startswith("conv4") else 2,
                                inner_lr=0.3,
-                               first_order=first_order, has_aux=True, task_batching=strategy)
+                               first_order=first_order, has_aux=True, task_batching=batching)
         state = learner.init(params)
         new_state, metrics = jax.jit(learner.step)(state, tasks)
         grads[strategy] = jax.tree.map(lambda a, b: a - b, state.params, new_state.params)
@@ -193,7 +204,7 @@ def test_maml_meta_gradient_equals_vmap(model, first_order):
     assert (counts.get("winograd_convs", 0) > 0) == (model == "conv4_winograd")
     scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads["vmap"]))
     assert scale > 1e-3  # a real gradient, not zeros
-    assert_trees_all_close(grads["vmap"], grads[STRATEGY], rtol=1e-4, atol=1e-5 * scale)
+    assert_trees_all_close(grads["vmap"], grads["engine"], rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_jit_and_no_jit_agree():
@@ -205,7 +216,7 @@ def test_jit_and_no_jit_agree():
         return loss_fn(jax.tree.map(lambda a, b: a - 0.3 * b, p, g), q)
 
     meta_grad = mean_task_gradient(
-        lambda p, s, q: (task_objective(p, s, q)[0], {}), task_batching=STRATEGY)
+        lambda p, s, q: (task_objective(p, s, q)[0], {}), task_batching=BATCHINGS["engine"])
     tasks = _tasks()
     assert_trees_all_close(meta_grad(params, tasks)[0], jax.jit(meta_grad)(params, tasks)[0],
                            atol=1e-6)
@@ -221,15 +232,12 @@ def test_task_groups_equal_one_group_and_vmap():
         return loss, aux
 
     tasks = _tasks(n_tasks=5)  # groups of 2: 2 + 2 + 1 tasks
-    out = {group: jax.jit(mean_task_gradient(task_objective, task_batching=STRATEGY,
-                                             task_group=group))(params, tasks)
-           for group in (2, None)}
-    reference = jax.jit(mean_task_gradient(task_objective, task_batching="vmap"))(params, tasks)
+    out = {group: jax.jit(metajax.cpu.conv_batching(task_group=group).mean_gradient(
+        task_objective))(params, tasks) for group in (2, None)}
+    reference = jax.jit(metajax.vmap_batching().mean_gradient(task_objective))(params, tasks)
     for grads, metrics in out.values():
         assert_trees_all_close(grads, reference[0], rtol=1e-4, atol=1e-6)
         assert_trees_all_close(metrics, reference[1], rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="task_group"):
-        mean_task_gradient(task_objective, task_group=0)
 
 
 def test_evaluator_equals_vmap_in_chunks():
@@ -237,12 +245,12 @@ def test_evaluator_equals_vmap_in_chunks():
     loss_fn = losses.cross_entropy(apply)
     tasks = _tasks(n_tasks=5)
     out = {}
-    for strategy, chunk in (("vmap", None), (STRATEGY, 2)):
+    for strategy, chunk in (("vmap", None), ("engine", 2)):
         fn = metajax.make_evaluator(loss_fn, steps=(0, 2), lr=0.3, has_aux=True,
-                                    chunk_size=chunk, task_batching=strategy)
+                                    chunk_size=chunk, task_batching=BATCHINGS[strategy])
         out[strategy] = jax.jit(fn)(params, tasks)
     assert out["vmap"]["accuracy"].shape == (2, 5)
-    assert_trees_all_close(out["vmap"], out[STRATEGY], atol=1e-5)
+    assert_trees_all_close(out["vmap"], out["engine"], atol=1e-5)
 
 
 @pytest.mark.parametrize("rows,cols,k,ties_at_least", [

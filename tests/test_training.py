@@ -117,7 +117,7 @@ class _Clock:
 
 
 def test_train_seconds_exclude_validation_and_continue_after_resume(tmp_path, monkeypatch):
-    from metajax._src import training
+    from metajax._src.experiment import training
     from metajax.experiment import Checkpointer
 
     clock = _Clock()

@@ -7,7 +7,7 @@ import pytest
 from helpers import assert_trees_all_close
 from jax import lax
 
-from metajax._src.winograd import conv_winograd, winograd_applies
+from metajax._src.cpu.winograd import conv_winograd, winograd_applies
 
 CASES = [  # (lhs layout, rhs layout, lhs shape, padding)
     (("NHWC", "HWIO", "NHWC"), (3, 14, 14, 16), ((1, 1), (1, 1))),  # Conv4's middle layers

@@ -9,7 +9,7 @@ from helpers import assert_trees_all_close
 from jax import lax
 
 from metajax import losses, models
-from metajax._src.winograd_rewrite import with_winograd_convs
+from metajax._src.cpu.winograd_rewrite import with_winograd_convs
 
 
 def _conv(x, w, stride=1):

@@ -1,4 +1,4 @@
-"""metajax's import-time XLA:CPU library choice (metajax/_src/xla_flags.py)."""
+"""metajax.cpu.configure()'s XLA:CPU library choice (metajax/_src/cpu/xla_flags.py)."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from metajax._src import xla_flags
+from metajax._src.cpu import xla_flags
 
 CHOICE = f"--{xla_flags.FLAG}={xla_flags.CPU_LIBRARY_FUSIONS}"
 
@@ -29,23 +29,23 @@ def test_flags_are_added_only_when_safe_and_wanted(flags, version, keep, expecte
                                                 keep=keep) == expected
 
 
-def _import_metajax_and_report(env):
-    code = ("import os, metajax, jax.numpy as jnp; print(os.environ.get('XLA_FLAGS', '')); "
-            "print(float(jnp.ones(3).sum()))")
+def _configure_and_report(env):
+    code = ("import os, metajax.cpu, jax.numpy as jnp; metajax.cpu.configure(); "
+            "print(os.environ.get('XLA_FLAGS', '')); print(float(jnp.ones(3).sum()))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
     return out.stdout.splitlines()
 
 
-def test_import_sets_the_flag_before_the_backend_starts_and_xla_accepts_it():
+def test_configure_sets_the_flag_before_the_backend_starts_and_xla_accepts_it():
     import jaxlib
 
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.OPT_OUT)}
-    flags, total = _import_metajax_and_report(env)
+    flags, total = _configure_and_report(env)
     tested = jaxlib.__version__.startswith(xla_flags.TESTED_JAXLIB)
     assert flags == (CHOICE if tested else "")
     assert total == "3.0"  # XLA parsed the flag and ran a computation
-    flags, _ = _import_metajax_and_report(dict(env, **{xla_flags.OPT_OUT: "1"}))
+    flags, _ = _configure_and_report(dict(env, **{xla_flags.OPT_OUT: "1"}))
     assert flags == ""
 
 

@@ -16,7 +16,7 @@ class FewShotDataset(NamedTuple):
         name: e.g. ``"omniglot/vinyals/train"``.
         classes: one name per class (``images[i]`` is class ``classes[i]``).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> ds = FewShotDataset(np.zeros((3, 4, 8, 8, 1), np.uint8), "toy", ("a", "b", "c"))
         >>> ds.n_classes, ds.n_examples, ds.image_shape

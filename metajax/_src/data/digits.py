@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from metajax._src.checks import check_int
+from metajax._src.core.checks import check_int
 from metajax._src.data.dataset import FewShotDataset, FewShotSplits
 
 N_CLASSES = 10
@@ -63,7 +63,7 @@ def digits(
             scikit-learn``).
         ValueError: a bad argument (named), e.g. ``digit_size`` larger than ``image_size``.
 
-    Example:
+    Examples:
         >>> from metajax import data
         >>> test = data.digits().test
         >>> test.images.shape, test.images.dtype, test.classes[:3]

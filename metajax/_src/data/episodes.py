@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax._src.checks import check_int
-from metajax._src.types import TaskBatch
+from metajax._src.core.checks import check_int
+from metajax._src.core.types import TaskBatch
 
 
 def _subset(key: jax.Array, n: int, k: int, batch: tuple[int, ...] = ()) -> jax.Array:
@@ -67,7 +67,7 @@ def episodes(
         ValueError: ``n_way`` above the number of classes, ``k_shot + n_query`` above the
             examples per class, bad counts or image shapes (each naming the argument).
 
-    Example:
+    Examples:
         >>> import functools, jax, jax.numpy as jnp
         >>> images = jnp.zeros((10, 20, 28, 28, 1), jnp.uint8)  # e.g. jnp.asarray(ds.images)
         >>> sample = jax.jit(functools.partial(episodes, n_tasks=4, n_way=5, k_shot=1,

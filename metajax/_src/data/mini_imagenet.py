@@ -143,7 +143,7 @@ def mini_imagenet(
         FileNotFoundError: the image folder, a CSV or an image is missing (named).
         ValueError: a malformed CSV, unequal class sizes, an unreadable or too-small image.
 
-    Example:
+    Examples:
         >>> data = mini_imagenet("/data/mini", "/data/mini_splits")  # doctest: +SKIP
         >>> data.train.images.shape  # doctest: +SKIP
         (64, 600, 84, 84, 3)

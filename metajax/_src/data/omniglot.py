@@ -172,7 +172,7 @@ def load_omniglot_characters(
         ValueError: a corrupt zip, an image that is not 105x105, a character without 20
             images.
 
-    Example:
+    Examples:
         >>> chars = load_omniglot_characters("/data")  # doctest: +SKIP
         >>> chars.images.shape, chars.n_background  # doctest: +SKIP
         ((1623, 20, 28, 28), 964)
@@ -332,7 +332,7 @@ def omniglot(
         ``uint8 [n_classes, 20, S, S, 1]`` (white background; ``episodes(..., invert=True)``
         gives strokes = 1 as in the MAML code).
 
-    Example:
+    Examples:
         >>> splits = omniglot("/data")  # doctest: +SKIP
         >>> splits.train.images.shape  # doctest: +SKIP
         (4112, 20, 28, 28, 1)

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax._src.checks import check_int
-from metajax._src.types import TaskBatch
+from metajax._src.core.checks import check_int
+from metajax._src.core.types import TaskBatch
 
 
 @functools.lru_cache(maxsize=32)
@@ -20,7 +20,7 @@ def mixing_matrix(dim: int, seed: int) -> np.ndarray:
     (meta-train, meta-validation, meta-test) shares it: the informative subspace is a property
     of the task family that an embedding can learn.
 
-    Example:
+    Examples:
         >>> q = mixing_matrix(4, 0)
         >>> bool(np.allclose(q @ q.T, np.eye(4), atol=1e-6))
         True
@@ -86,7 +86,7 @@ def gaussian_classes(
         ValueError: naming the argument, if a size is not a positive int, ``n_way < 2`` or
             ``n_informative`` is not in ``[1, dim]``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> tasks = gaussian_classes(jax.random.PRNGKey(0), 4, n_way=5, k_shot=1, n_query=3)
         >>> tasks.support[0].shape, tasks.support[1].shape, tasks.query[1].shape

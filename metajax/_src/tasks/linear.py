@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import jax
 
-from metajax._src.checks import check_int
-from metajax._src.types import TaskBatch
+from metajax._src.core.checks import check_int
+from metajax._src.core.types import TaskBatch
 
 
 def linear_regression(
@@ -44,7 +44,7 @@ def linear_regression(
         A :class:`TaskBatch` with ``support = (x [n_tasks, k_shot, dim], y [n_tasks, k_shot, 1])``
         and the query likewise with ``n_query`` points.
 
-    Example:
+    Examples:
         >>> import jax
         >>> linear_regression(jax.random.PRNGKey(0), 3, dim=2).query[0].shape
         (3, 10, 2)

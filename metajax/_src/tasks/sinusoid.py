@@ -7,8 +7,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from metajax._src.checks import check_int
-from metajax._src.types import TaskBatch
+from metajax._src.core.checks import check_int
+from metajax._src.core.types import TaskBatch
 
 
 class SinusoidParams(NamedTuple):
@@ -52,7 +52,7 @@ def sinusoid(
         A :class:`TaskBatch` with ``support = (x, y)`` of shape ``[n_tasks, k_shot, 1]`` each and
         ``query`` of shape ``[n_tasks, n_query, 1]``; with ``return_params``, ``(tasks, params)``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> tasks = sinusoid(jax.random.PRNGKey(0), 25, k_shot=5)
         >>> tasks.support[0].shape

@@ -1,0 +1,1 @@
+"""metajax's algorithms layer (implementation; public names are re-exported elsewhere)."""

@@ -1,0 +1,1 @@
+"""metajax's core layer (implementation; public names are re-exported elsewhere)."""

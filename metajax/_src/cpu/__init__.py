@@ -1,0 +1,1 @@
+"""metajax's cpu layer (implementation; public names are re-exported elsewhere)."""

@@ -1,0 +1,1 @@
+"""metajax's distributed layer (implementation; public names are re-exported elsewhere)."""

@@ -1,0 +1,1 @@
+"""metajax's experiment layer (implementation; public names are re-exported elsewhere)."""

@@ -1,0 +1,56 @@
+"""Side-by-side reports of finished runs: one table, one plot of the learning curves."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from metajax._src.experiment.plots import plot_learning_curve
+from metajax._src.experiment.run_io import read_records
+
+
+def load_run(run_dir: str | os.PathLike) -> dict:
+    """Reads a run directory's ``config.json``, ``summary.json`` and ``metrics.jsonl``.
+
+    Raises:
+        FileNotFoundError: naming the directory when it holds no finished run.
+    """
+    run_dir = Path(run_dir)
+    summary = run_dir / "summary.json"
+    if not summary.exists():
+        raise FileNotFoundError(f"{run_dir} has no summary.json: not a finished metajax run.")
+    config_path = run_dir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    return {"name": run_dir.name, "experiment": config.get("experiment", "?"),
+            "summary": json.loads(summary.read_text()),
+            "records": read_records(run_dir / "metrics.jsonl")}
+
+
+def comparison_table(runs: list[dict]) -> str:
+    """A markdown table: one row per (run, method), one column per number of adaptation steps."""
+    steps: list[str] = []
+    for run in runs:
+        for row in run["summary"]["results"].values():
+            steps += [s for s in row if s not in steps]
+    steps.sort(key=int)
+    lines = ["| run | experiment | method | metric | " + " | ".join(f"{s} steps" for s in steps)
+             + " |", "|---" * (len(steps) + 4) + "|"]
+    for run in runs:
+        metric = run["summary"].get("metric", "loss")
+        for method, row in run["summary"]["results"].items():
+            cells = [f"{row[s]['mean']:.4g} ± {row[s]['ci95']:.2g}" if s in row else "" for s in
+                     steps]
+            lines.append(f"| {run['name']} | {run['experiment']} | {method} | {metric} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(run_dirs: list[str | os.PathLike], *, plot_path: str | os.PathLike | None) -> str:
+    """Builds the comparison table of ``run_dirs`` and (optionally) one learning-curve plot."""
+    runs = [load_run(d) for d in run_dirs]
+    if plot_path is not None:
+        records = [{**r, "method": f"{run['name']}/{r.get('method', 'train')}"}
+                   for run in runs for r in run["records"]]
+        plot_learning_curve(records, plot_path)
+    return comparison_table(runs)

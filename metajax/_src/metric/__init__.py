@@ -1,0 +1,1 @@
+"""metajax's metric layer (implementation; public names are re-exported elsewhere)."""
