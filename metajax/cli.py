@@ -25,18 +25,28 @@ WORKER_GRACE_SECONDS = 30.0  # --processes: how long the others may run on after
 
 def experiment_dirs() -> list[Path]:
     """Where experiments are looked up, in order: ``$METAJAX_EXPERIMENTS``, ``./experiments``,
-    and the ``experiments/`` folder of the metajax source checkout."""
+    and the experiments that ship with metajax (the ``metajax.experiments`` package: the
+    repository's ``experiments/`` folder)."""
     dirs = []
     if os.environ.get(ENV_EXPERIMENTS):
         dirs += [Path(p) for p in os.environ[ENV_EXPERIMENTS].split(os.pathsep) if p]
     dirs.append(Path.cwd() / "experiments")
-    dirs.append(Path(__file__).resolve().parent.parent / "experiments")
+    dirs.append(_shipped_experiments())
     seen, unique = set(), []
     for d in dirs:
         if d.is_dir() and d.resolve() not in seen:
             seen.add(d.resolve())
             unique.append(d)
     return unique
+
+
+def _shipped_experiments() -> Path:
+    """The folder of the ``metajax.experiments`` package (installed or editable), else the
+    source checkout's ``experiments/``."""
+    spec = importlib.util.find_spec("metajax.experiments")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / "experiments"
 
 
 def available_experiments() -> dict[str, Path]:
