@@ -1,1 +1,1 @@
-"""The experiments that ship with metajax: `metajax list` shows them, `metajax run NAME` runs one."""
+"""The experiments that ship with metajax: `metajax list` shows them; `metajax run NAME`."""
