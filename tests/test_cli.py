@@ -112,6 +112,7 @@ def _summary_numbers(summary: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+@pytest.mark.slow
 def test_processes_run_equals_one_process(tmp_path, capsys):
     """``--processes 2``: two single-threaded workers split every meta-batch and share out the
     evaluation episodes; the run directory and table equal one process's."""
@@ -167,6 +168,7 @@ def test_processes_failed_worker_stops_the_run(tmp_path, monkeypatch, capsys):
     assert "worker one broke" in (out / "process-1.log").read_text()
 
 
+@pytest.mark.slow
 def test_processes_run_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     """Ctrl-C reaches every worker; process 0 checkpoints, and ``--resume DIR --processes 2``
     ends with the uninterrupted run's results."""

@@ -81,7 +81,8 @@ def _check_cross_domain(summary, *, method, rows, steps, baselines):
         assert adv["retained"] is None
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=() if n == "omniglot_anil" else pytest.mark.slow) for n in sorted(TINY)])
 def test_gradient_experiment_runs_end_to_end(name, omniglot_cache, tmp_path, monkeypatch,
                                              capsys):
     method, overrides = TINY[name]

@@ -122,6 +122,8 @@ def ctrl_c_on_process_1(record):  # Ctrl-C that reaches process 1 only, after st
         os.kill(os.getpid(), signal.SIGINT)
 
 from metajax._src.experiment.training import Interrupted
+
+pytestmark = pytest.mark.slow  # real multi-process runs
 for kind in kinds:  # "maml", "reptile", "own"; "+" chains mean_across before the optimizer
     base = kind.rstrip("+")                  # "stop": maml, Ctrl-C on process 1 only
     outer = (optax.chain(metajax.distributed.mean_across(), optax.sgd(0.05))

@@ -58,6 +58,7 @@ def _start_and_stop(out: Path, sig: int) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(reference, tmp_path):
     out = tmp_path / "run"
     killed = _start_and_stop(out, signal.SIGKILL)
@@ -69,6 +70,7 @@ def test_sigkill_then_resume_is_bit_identical(reference, tmp_path):
     _assert_same_run(reference, out)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_resume_is_bit_identical(reference, tmp_path):
     out = tmp_path / "run"
     stopped = _start_and_stop(out, signal.SIGINT)

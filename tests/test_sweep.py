@@ -38,6 +38,7 @@ def test_grid_combinations_cover_grid_times_seeds():
                       {"a": 2, "b": 0.5, "seed": 7}, {"a": 2, "b": 0.5, "seed": 8}]
 
 
+@pytest.mark.slow
 def test_each_vmapped_config_equals_its_own_run():
     combos = grid_combinations({"inner_lr": (0.05, 0.2), "outer_lr": (0.01,)}, [0, 3])
     out = vmapped_sweep(PROBLEM, combos, eval_steps=(0, 2), steps_per_call=5, progress=False)
@@ -85,6 +86,7 @@ SEQUENTIAL = ["--sequential", "--set", "pretrain_steps=3", "--set", "val_tasks=4
               "--set", "val_every=3", "--set", "log_every=3", "--set", "plot_tasks=0"]
 
 
+@pytest.mark.slow
 def test_cli_sweep_in_processes_equals_the_sequential_sweep(tmp_path, capsys):
     """--processes 2: the runs of a sequential sweep side by side, one pinned single-threaded
     process each; the same table as running them one after another in this process."""
@@ -122,6 +124,7 @@ def test_cli_sweep_in_processes_reports_bad_input_and_failed_runs(tmp_path, caps
     assert "must be an int >= 1" in (tmp_path / "b" / "runs" / "run000" / "run.log").read_text()
 
 
+@pytest.mark.slow
 def test_cli_sweep_in_processes_ctrl_c_leaves_resumable_runs(tmp_path):
     """Ctrl-C reaches every run of a ``--processes`` sweep: each checkpoints and stops, the
     sweep exits with 130 and names how to continue each run, and ``metajax run --resume``

@@ -184,7 +184,8 @@ def _tasks(n_tasks=3, size=8):
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
-@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("first_order", [
+    pytest.param(False, marks=pytest.mark.slow, id="False"), True])
 def test_maml_meta_gradient_equals_vmap(model, first_order):
     apply, params = MODELS[model]()
     loss_fn = losses.cross_entropy(apply)

@@ -50,6 +50,7 @@ def _primitives(fun, *args) -> list[str]:
     return names
 
 
+@pytest.mark.slow
 def test_conv4_maml_gradient_equals_the_direct_one():
     loss_fn, params = _conv4()
     labels = jnp.tile(jnp.arange(3), 2)
