@@ -16,6 +16,8 @@ from helpers import assert_trees_all_close
 
 import metajax
 
+pytestmark = pytest.mark.slow  # real multi-process runs
+
 SETUP = """
 import jax, jax.numpy as jnp, optax
 import metajax
@@ -123,7 +125,6 @@ def ctrl_c_on_process_1(record):  # Ctrl-C that reaches process 1 only, after st
 
 from metajax._src.experiment.training import Interrupted
 
-pytestmark = pytest.mark.slow  # real multi-process runs
 for kind in kinds:  # "maml", "reptile", "own"; "+" chains mean_across before the optimizer
     base = kind.rstrip("+")                  # "stop": maml, Ctrl-C on process 1 only
     outer = (optax.chain(metajax.distributed.mean_across(), optax.sgd(0.05))
