@@ -10,8 +10,7 @@ import optax
 
 from metajax._src.core.adapt import LossFn, check_steps, sgd_update
 from metajax._src.core.batching import TaskBatching
-from metajax._src.core.outer import Partition, gradient_learner, second_order
-from metajax._src.core.outer import first_order as first_order_gradient
+from metajax._src.core.outer import Partition, gradient_learner, gradient_order
 from metajax._src.core.types import Adaptation, MetaLearner, MetaState, Params, PyTree
 
 Head = str | Callable[[Params], PyTree]
@@ -159,7 +158,7 @@ def anil(
 
     learner = gradient_learner(
         loss_fn, outer_opt, inner=sgd_update(inner_lr), inner_steps=inner_steps,
-        order=first_order_gradient() if first_order else second_order(),
+        order=gradient_order(first_order=first_order),
         partition=Partition(split, merge), adaptation=adaptation, has_aux=has_aux,
         task_batching=task_batching, remat=remat, unroll=unroll,
         track_pre_adaptation=track_pre_adaptation, axis_name=axis_name)

@@ -16,15 +16,10 @@ from metajax._src.core.adapt import (
 )
 from metajax._src.core.batching import TaskBatching
 from metajax._src.core.outer import (
-    GradientOrder,
     QueryObjective,
     final_query_loss,
     gradient_learner,
-    order_annealing,
-    second_order,
-)
-from metajax._src.core.outer import (
-    first_order as first_order_gradient,
+    gradient_order,
 )
 from metajax._src.core.outer import (
     multi_step_loss as multi_step_objective,
@@ -134,7 +129,7 @@ def maml(
                           per_step_lr=per_step_lr)
     objective = _objective(inner_steps=inner_steps, multi_step_loss=multi_step_loss,
                            msl_anneal_steps=msl_anneal_steps, msl_min_weight=msl_min_weight)
-    order = _order(first_order=first_order, first_order_until=first_order_until)
+    order = gradient_order(first_order=first_order, first_order_until=first_order_until)
     return gradient_learner(loss_fn, outer_opt, inner=inner, inner_steps=inner_steps,
                             objective=objective, order=order, has_aux=has_aux,
                             task_batching=task_batching, remat=remat, unroll=unroll,
@@ -171,15 +166,6 @@ def _objective(*, inner_steps, multi_step_loss, msl_anneal_steps, msl_min_weight
                          "which the loss weights anneal onto the final inner step).")
     return multi_step_objective(inner_steps=inner_steps, anneal_steps=msl_anneal_steps,
                                 min_weight=msl_min_weight)
-
-
-def _order(*, first_order, first_order_until) -> GradientOrder:
-    if first_order_until is None:
-        return first_order_gradient() if first_order else second_order()
-    if first_order:
-        raise ValueError("`first_order_until` anneals from first to second order; it cannot be "
-                         "combined with first_order=True.")
-    return order_annealing(first_order_until)
 
 
 def mamlpp(
@@ -227,7 +213,7 @@ def mamlpp(
         inner_steps=inner_steps,
         objective=multi_step_objective(inner_steps=inner_steps, anneal_steps=msl_anneal_steps,
                                        min_weight=msl_min_weight),
-        order=second_order() if first_order_until is None else order_annealing(first_order_until),
+        order=gradient_order(first_order_until=first_order_until),
         **options)
 
 

@@ -8,8 +8,7 @@ import optax
 
 from metajax._src.core.adapt import LossFn, per_parameter_rates
 from metajax._src.core.batching import TaskBatching
-from metajax._src.core.outer import first_order as first_order_gradient
-from metajax._src.core.outer import gradient_learner, second_order
+from metajax._src.core.outer import gradient_learner, gradient_order
 from metajax._src.core.types import MetaLearner
 
 
@@ -71,6 +70,6 @@ def metasgd(
     """
     return gradient_learner(
         loss_fn, outer_opt, inner=per_parameter_rates(init_lr), inner_steps=inner_steps,
-        order=first_order_gradient() if first_order else second_order(), has_aux=has_aux,
+        order=gradient_order(first_order=first_order), has_aux=has_aux,
         task_batching=task_batching, remat=remat, unroll=unroll,
         track_pre_adaptation=track_pre_adaptation, axis_name=axis_name)

@@ -149,6 +149,9 @@ def first_order() -> GradientOrder:
     return lambda outer_step, meta_grad_of, params, tasks: meta_grad_of(True)(params, tasks)
 
 
+_first_order = first_order  # gradient_order's keyword argument shadows the name there
+
+
 def order_annealing(first_order_until: int) -> GradientOrder:
     """First-order meta-gradients for outer steps ``< first_order_until``, exact ones after
     (MAML++'s derivative-order annealing).
@@ -163,6 +166,23 @@ def order_annealing(first_order_until: int) -> GradientOrder:
                         params, tasks)
 
     return order
+
+
+def gradient_order(*, first_order: bool = False,
+                   first_order_until: int | None = None) -> GradientOrder:
+    """The order of the keyword options every gradient learner takes: :func:`first_order`
+    with ``first_order=True``, :func:`order_annealing` with ``first_order_until``, else
+    :func:`second_order`.
+
+    Raises:
+        ValueError: both ``first_order`` and ``first_order_until`` are given.
+    """
+    if first_order_until is None:
+        return _first_order() if first_order else second_order()
+    if first_order:
+        raise ValueError("`first_order_until` anneals from first to second order; it cannot be "
+                         "combined with first_order=True.")
+    return order_annealing(first_order_until)
 
 
 # --- the outer update ----------------------------------------------------------------------

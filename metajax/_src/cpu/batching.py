@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from metajax._src.core.batching import TaskBatching, TaskObjective, mean_over_tasks
+from metajax._src.core.checks import check_int
 from metajax._src.core.types import Params, TaskBatch, num_tasks
 from metajax._src.cpu.task_batching import per_task_weight_convs, task_vmap
 from metajax._src.cpu.winograd_rewrite import with_winograd_convs
@@ -44,10 +45,8 @@ def conv_batching(*, task_group: int | None = TASK_GROUP) -> TaskBatching:
         >>> bool(jnp.allclose(fast, jax.vmap(conv)(w, x)))
         True
     """
-    if task_group is not None and (isinstance(task_group, bool) or not isinstance(
-            task_group, int) or task_group < 1):
-        raise ValueError(f"`task_group` must be a positive number of tasks or None; got "
-                         f"{task_group!r}.")
+    if task_group is not None:
+        check_int("task_group", task_group, 1)
 
     def mean_gradient(task_objective: TaskObjective):
         per_task_grad = task_vmap(jax.grad(with_winograd_convs(task_objective), has_aux=True),

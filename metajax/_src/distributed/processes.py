@@ -144,7 +144,7 @@ def task_split(tasks_per_step: int) -> dict[str, Any]:
             number.
     """
     devices = jax.device_count()
-    if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    if task_axis() is not None:
         check_splits(tasks_per_step, devices)
         return {"mesh": task_mesh(), "shard_map": True}
     if devices > 1 and tasks_per_step % devices == 0:

@@ -16,8 +16,7 @@ from metajax._src.core.chunking import check_chunk_size, map_task_chunks
 from metajax._src.core.evaluate import make_evaluator, summarize
 from metajax._src.core.loop import Sampler
 from metajax._src.core.types import Adaptation, MetaLearner, Params, TaskBatch, adaptation_of
-from metajax._src.distributed.processes import task_split
-from metajax._src.distributed.sharding import TASK_AXIS
+from metajax._src.distributed.processes import task_axis, task_split
 from metajax._src.experiment.baselines import lr_evaluator, pretrain, select_lr
 from metajax._src.experiment.checkpoint import Checkpointer
 from metajax._src.experiment.run_io import RunWriter
@@ -327,7 +326,7 @@ def compare_with_baselines(
 
     if pretraining is None:
         joint = pretrain(loss_fn, optax.adam(pretrain_lr), has_aux=has_aux,
-                         axis_name=TASK_AXIS if split["shard_map"] else None)
+                         axis_name=task_axis())
         pre = meta_train(joint.step, joint.init(init_params), sample_train, key=train_key,
                          num_steps=pretrain_steps or num_steps, tasks_per_step=tasks_per_step,
                          desc="pretrained", **loop, **phase("pretrained"))
