@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -176,6 +177,8 @@ def _launch_processes(args, module, name: str) -> int:
                "--processes", str(n), "--coordinator", f"localhost:{_free_port()}"]
     if args.no_progress:
         command.append("--no-progress")
+    if args.tensorboard:
+        command.append("--tensorboard")
     workers = []
     for i in range(n):  # process 0 talks to the terminal; the others log to files
         log = None if i == 0 else open(out / f"process-{i}.log", "w")  # noqa: SIM115
@@ -242,8 +245,14 @@ def _cmd_run(args) -> int:
         print(f"metajax run {name} -> {out}" + (" (resuming)" if args.resume else ""),
               file=sys.stderr)
     processes = f" --processes {args.processes}" if worker else ""
+    mirror = contextlib.nullcontext()
+    if args.tensorboard and not args.process_id:
+        from metajax._src.experiment.tensorboard import MetricsMirror
+
+        mirror = MetricsMirror(out)
     try:
-        summary = module.main(config, out, progress=not args.no_progress)
+        with mirror:
+            summary = module.main(config, out, progress=not args.no_progress)
     except Interrupted as err:
         if not args.process_id:
             print(f"\n{err} Continue with: metajax run {name} --resume {out}{processes}",
@@ -506,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR from its newest checkpoint")
     p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p_run.add_argument("--tensorboard", action="store_true",
+                       help="also write metrics.jsonl's scalars as TensorBoard events in "
+                            "OUT/tensorboard (no TensorBoard install needed to write them)")
     p_run.add_argument("--processes", type=int, default=1, metavar="N",
                        help="run as N single-threaded processes, one per CPU core, each "
                             "meta-batch split between them and evaluation shared out (CPU; "
