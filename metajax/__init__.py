@@ -15,6 +15,10 @@ from metajax._src.algorithms.imaml import imaml
 from metajax._src.algorithms.maml import fomaml, maml, mamlpp
 from metajax._src.algorithms.metasgd import metasgd
 from metajax._src.algorithms.reptile import reptile
+from metajax._src.amortized.evaluate import make_process_evaluator, predictive_metrics
+from metajax._src.amortized.learner import neural_process
+from metajax._src.amortized.objectives import conditional_nll, elbo, target_log_lik
+from metajax._src.amortized.points import as_points, check_process_tasks
 from metajax._src.core.adapt import (
     InnerUpdate,
     adapt,
@@ -59,6 +63,7 @@ from metajax._src.core.types import (
     LearnedRates,
     MetaLearner,
     MetaState,
+    Points,
     TaskBatch,
     adaptation_of,
     num_tasks,
@@ -94,6 +99,7 @@ __all__ = [
     "LearnedRates",
     "MetaLearner",
     "MetaState",
+    "Points",
     "TaskBatch",
     "adaptation_of",
     "num_tasks",
@@ -163,6 +169,15 @@ __all__ = [
     "ridge_weights",
     "svm_dual",
     "svm_logits",
+    # amortised (black-box) meta-learners: neural processes
+    "as_points",
+    "check_process_tasks",
+    "conditional_nll",
+    "elbo",
+    "make_process_evaluator",
+    "neural_process",
+    "predictive_metrics",
+    "target_log_lik",
     # evaluation, loops, implicit differentiation
     "Summary",
     "conjugate_gradient",

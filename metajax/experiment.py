@@ -42,6 +42,18 @@ from metajax._src.experiment.omniglot_run import (
     run_omniglot,
     run_omniglot_metric,
 )
+from metajax._src.experiment.process_run import (
+    GPProcessConfig,
+    HeldOut,
+    ProcessConfig,
+    ProcessProblem,
+    gp_oracle_metrics,
+    gp_predict,
+    gp_problem,
+    process_model,
+    run_process,
+    sample_in_chunks,
+)
 from metajax._src.experiment.run_io import RunWriter, read_records, write_json_atomic
 from metajax._src.experiment.sinusoid_run import SinusoidConfig, run_sinusoid, sinusoid_mlp
 from metajax._src.experiment.sweep import (
@@ -53,6 +65,16 @@ from metajax._src.experiment.sweep import (
 from metajax._src.experiment.training import Interrupted, TrainResult, meta_train
 
 __all__ = [
+    "GPProcessConfig",
+    "HeldOut",
+    "ProcessConfig",
+    "ProcessProblem",
+    "gp_oracle_metrics",
+    "gp_predict",
+    "gp_problem",
+    "process_model",
+    "run_process",
+    "sample_in_chunks",
     "CheckpointError",
     "Checkpointer",
     "ComparisonResult",

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metajax._src.amortized.gaussian import gaussian_kl, gaussian_log_prob, masked_mean
+
 Apply = Callable[[object, jax.Array], jax.Array]
 
 
@@ -42,3 +44,6 @@ def cross_entropy(apply: Apply) -> Callable:
         return loss, {"accuracy": accuracy}
 
     return loss_fn
+
+
+__all__ = ["cross_entropy", "gaussian_kl", "gaussian_log_prob", "masked_mean", "mse"]

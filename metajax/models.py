@@ -9,6 +9,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from metajax._src.amortized.models import (
+    attentive_np,
+    cnp,
+    init_process,
+    latent_np,
+    process_apply,
+)
+from metajax._src.amortized.modules import (
+    DeterministicPath,
+    GaussianDecoder,
+    LatentPath,
+    NeuralProcess,
+    NPOutput,
+    SelfAttention,
+)
+
 
 class MLP(nn.Module):
     """A multi-layer perceptron: Dense layers with an activation between them.
@@ -285,3 +301,25 @@ def linen_apply(model: nn.Module, variables) -> Callable:
         return out[0] if mutable else out
 
     return apply
+
+
+__all__ = [
+    "MLP",
+    "ContextMLP",
+    "Conv4",
+    "ResNet12",
+    "linen_apply",
+    "nnx_apply",
+    # neural processes
+    "DeterministicPath",
+    "GaussianDecoder",
+    "LatentPath",
+    "NPOutput",
+    "NeuralProcess",
+    "SelfAttention",
+    "attentive_np",
+    "cnp",
+    "init_process",
+    "latent_np",
+    "process_apply",
+]

@@ -17,9 +17,11 @@ ALLOWED = {
     "data": {"core"},
     "algorithms": {"core"},
     "metric": {"core"},
+    "amortized": {"core"},
     "cpu": {"core"},
     "distributed": {"core"},
-    "experiment": {"core", "algorithms", "metric", "data", "tasks", "distributed"},
+    "experiment": {"core", "algorithms", "metric", "amortized", "data", "tasks",
+                   "distributed"},
 }
 
 INERT = """

@@ -31,6 +31,31 @@ class TaskBatch(NamedTuple):
     query: PyTree
 
 
+class Points(NamedTuple):
+    """A set of points ``(x, y)`` of one or many tasks, with a validity mask for padding.
+
+    Sets of different sizes share one array shape through ``mask``: entry ``i`` of a set is a
+    point when ``mask[..., i]`` is true and padding otherwise. The amortised family (neural
+    processes) reads its context and target sets as ``Points``; a ``TaskBatch`` of them has
+    ``support`` (the context) and ``query`` (the targets).
+
+    Attributes:
+        x: ``[..., n, dx]`` inputs.
+        y: ``[..., n, dy]`` outputs.
+        mask: ``[..., n]`` booleans (or 0/1 floats): which entries are points.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> p = Points(jnp.zeros((3, 1)), jnp.zeros((3, 1)), jnp.array([True, True, False]))
+        >>> int(p.mask.sum())
+        2
+    """
+
+    x: jax.Array
+    y: jax.Array
+    mask: jax.Array
+
+
 class MetaState(NamedTuple):
     """State of a gradient-based meta-learner.
 

@@ -392,13 +392,30 @@ def format_table(summary: dict) -> str:
         |---|---|---|
         | a | 0.500 ± 0.100 | 0.750 ± 0.100 |
         | b | – | 0.625 ± 0.050 |
+
+    Rows without step counts (``results[row] = {mean, ci95, n}``, the amortised family) give one
+    column for ``summary["metric"]`` and one for each further table of the same rows (``mse``).
     """
     results = summary["results"]
+    if results and all("mean" in row for row in results.values()):
+        return _flat_table(summary)
     steps = list(dict.fromkeys(s for row in results.values() for s in row))
     lines = ["| method | " + " | ".join(f"{s} steps" for s in steps) + " |",
              "|---" * (len(steps) + 1) + "|"]
     for method, row in results.items():
         cells = [f"{row[s]['mean']:.3f} ± {row[s]['ci95']:.3f}" if s in row else "–"
                  for s in steps]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _flat_table(summary: dict) -> str:
+    results = summary["results"]
+    tables = {summary.get("metric", "metric"): results}
+    tables.update({k: v for k, v in summary.items() if k != "results" and isinstance(v, dict)
+                   and set(v) == set(results)})
+    lines = ["| method | " + " | ".join(tables) + " |", "|---" * (len(tables) + 1) + "|"]
+    for method in results:
+        cells = [f"{t[method]['mean']:.3f} ± {t[method]['ci95']:.3f}" for t in tables.values()]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

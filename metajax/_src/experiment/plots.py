@@ -154,3 +154,42 @@ def predict_adapted(apply: Callable, adapt_fn: Callable, params, support, x_grid
         return apply(adapt_fn(params, s), x_grid[:, None])[:, 0]
 
     return np.asarray(jax.vmap(one)(support))
+
+
+def plot_predictive_tasks(path: str | os.PathLike, *, tasks, x_grid: np.ndarray,
+                          mean: np.ndarray, std: np.ndarray, label: str,
+                          oracle: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """One panel per task: a predictive mean ± 2σ with the context points, targets and (if
+    given) the oracle's mean ± 2σ.
+
+    Args:
+        path: output PNG path.
+        tasks: a ``TaskBatch`` of ``Points`` (numpy) for the panels.
+        x_grid: ``[n]`` inputs of the curves.
+        mean: ``[tasks, n]`` predictive means.
+        std: ``[tasks, n]`` predictive standard deviations.
+        label: the model's name.
+        oracle: ``(mean, std)`` ``[tasks, n]`` of the exact predictive, if there is one.
+    """
+    plt = _pyplot()
+    n = len(mean)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        t = tasks.query
+        keep = np.asarray(t.mask[i], bool)
+        ax.plot(t.x[i, keep, 0], t.y[i, keep, 0], ".", color="0.6", ms=2, label="targets")
+        if oracle is not None:
+            ax.plot(x_grid, oracle[0][i], "k-", lw=1, label="GP oracle")
+            ax.fill_between(x_grid, oracle[0][i] - 2 * oracle[1][i],
+                            oracle[0][i] + 2 * oracle[1][i], color="k", alpha=0.12)
+        ax.plot(x_grid, mean[i], "b-", lw=1.5, label=label)
+        ax.fill_between(x_grid, mean[i] - 2 * std[i], mean[i] + 2 * std[i], color="b",
+                        alpha=0.18)
+        c = tasks.support
+        ctx = np.asarray(c.mask[i], bool)
+        ax.plot(c.x[i, ctx, 0], c.y[i, ctx, 0], "ko", ms=5, label="context")
+        ax.set_title(f"held-out task {i} ({int(ctx.sum())} context points)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
