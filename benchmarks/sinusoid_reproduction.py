@@ -26,6 +26,14 @@ PAPER = {"maml": (0.67, 0.38, 0.35), "pretrained": (2.41, 2.23, 2.19)}
 STEPS = ("1", "5", "10")
 
 
+
+def _versions() -> str:
+    import flax
+    import jax
+    import optax
+
+    return f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}"
+
 def run_seed(seed: int, out: Path) -> float:
     """Runs one seed through the CLI; returns its wall time in seconds."""
     t0 = time.perf_counter()
@@ -74,7 +82,7 @@ def table(summaries: dict[int, dict], walls: dict[int, float | None]) -> str:
         f"{wall or 'n/a'}.",
         f"Hardware: {platform.processor() or platform.machine()}, "
         f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} CPU cores; "
-        f"Python {platform.python_version()}.",
+        f"Python {platform.python_version()}, {_versions()}; date {time.strftime('%Y-%m-%d')}.",
         "",
     ])
 

@@ -26,6 +26,14 @@ METHODS = ("maml", "fomaml", "mamlpp", "metasgd", "anil", "reptile", "imaml", "c
 STEPS = ("0", "1", "5", "10")
 
 
+
+def _versions() -> str:
+    import flax
+    import jax
+    import optax
+
+    return f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}"
+
 def _cell(row: dict, step: str) -> str:
     if step not in row:
         return "–"
@@ -77,7 +85,7 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/sinusoid_zoo.py` (each row: `metajax run sinusoid_<method>`)."
         f" Hardware: {platform.machine()}, 2 CPU cores (shared with other jobs while measured); "
-        f"Python {platform.python_version()}.",
+        f"Python {platform.python_version()}, {_versions()}; date {time.strftime('%Y-%m-%d')}.",
         "",
     ])
     (RESULTS / "sinusoid_zoo.md").write_text(report)
