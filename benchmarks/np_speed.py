@@ -15,6 +15,7 @@ padded to 20), with the same masked-mean NLL. Contenders, interleaved in every r
 Usage:
     python benchmarks/np_speed.py                  # writes benchmarks/results/np_speed.md
     python benchmarks/np_speed.py --quick          # a smoke test; writes nothing
+    python benchmarks/np_speed.py --cpu-configure  # with metajax.cpu.configure() first
 """
 
 from __future__ import annotations
@@ -94,10 +95,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--steps-per-call", type=int, default=100)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cpu-configure", action="store_true",
+                        help="call metajax.cpu.configure() first (it slows this MLP workload)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.reps, args.steps_per_call = 20, 3, 10
-    metajax.cpu.configure()
+    if args.cpu_configure:
+        metajax.cpu.configure()
     import torch
 
     model = models.cnp()
@@ -181,7 +185,8 @@ def main() -> None:
         f"Date {datetime.date.today().isoformat()}; {platform.machine()}, {os.cpu_count()} CPU "
         f"cores; Python {platform.python_version()}, jax {jax.__version__}, flax "
         f"{flax.__version__}, optax {optax.__version__}, torch {torch.__version__}.", "",
-        f"Command: `python benchmarks/np_speed.py` ({args.steps} steps per repetition, "
+        f"Command: `python benchmarks/np_speed.py{' --cpu-configure' * args.cpu_configure}` "
+        f"({args.steps} steps per repetition, "
         f"{args.reps} repetitions, median; contenders interleaved). Same weights, batches and "
         f"masked NLL on both sides (one-task loss check: metajax {jl:.6f}, torch {tl:.6f}); "
         f"metajax compile {compile_s:.1f} s, excluded.", "",
@@ -190,7 +195,7 @@ def main() -> None:
     (RESULTS / "np_speed.md").write_text("\n".join(md) + "\n")
     (RESULTS / "np_speed.json").write_text(json.dumps(
         {"rates": rates, "compile_s": compile_s, "loss_check": [jl, tl],
-         "steps": args.steps, "reps": args.reps, "batch": args.batch}, indent=2))
+         "cpu_configure": args.cpu_configure, "steps": args.steps, "reps": args.reps, "batch": args.batch}, indent=2))
     print("\n".join(md))
 
 

@@ -37,9 +37,9 @@ class NPOutput(NamedTuple):
     posterior: tuple[jax.Array, jax.Array] | None = None
 
 
-def _mlp(sizes: Sequence[int], x: jax.Array, name: str) -> jax.Array:
+def _mlp(sizes: Sequence[int], x: jax.Array, name: str, *, start: int = 0) -> jax.Array:
     for i, width in enumerate(sizes):
-        x = nn.Dense(width, name=f"{name}_{i}")(x)
+        x = nn.Dense(width, name=f"{name}_{start + i}")(x)
         if i < len(sizes) - 1:
             x = nn.relu(x)
     return x
@@ -66,7 +66,7 @@ def _encode(sizes, self_attention, num_heads, points: Points) -> jax.Array:
 
 
 class DeterministicPath(nn.Module):
-    """The deterministic representation of the context, one vector per target.
+    """The deterministic representation of the context: ``[1, d]`` shared, or ``[m, d]``.
 
     ``cross_attention=False``: the CNP's path, an MLP on every ``(x, y)`` averaged over the
     context. ``cross_attention=True``: the ANP's, each target attends to the context with keys
@@ -87,9 +87,8 @@ class DeterministicPath(nn.Module):
     @nn.compact
     def __call__(self, context: Points, x_target: jax.Array) -> jax.Array:
         h = _encode(self.sizes, self.self_attention, self.num_heads, context)
-        if not self.cross_attention:
-            r = masked_mean(h, context.mask)
-            return jnp.broadcast_to(r, (x_target.shape[0], r.shape[-1]))
+        if not self.cross_attention:  # one row shared by every target
+            return masked_mean(h, context.mask)[None, :]
         width = self.sizes[-1]
         embed = nn.Sequential([nn.Dense(width), nn.relu, nn.Dense(width)], name="input_mlp")
         return nn.MultiHeadDotProductAttention(num_heads=self.num_heads, out_features=width,
@@ -127,6 +126,22 @@ class LatentPath(nn.Module):
         return mean, std
 
 
+class _ConcatDense(nn.Module):
+    """``Dense(concat([a, b]))`` computed as ``a @ W_a + b @ W_b``: ``a`` may be one row shared
+    by every target (``[1, d]``), which then costs one product instead of one per target. Same
+    parameters (``kernel``, ``bias``) and initialisation as ``nn.Dense``."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, a: jax.Array, b: jax.Array) -> jax.Array:
+        d = a.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (d + b.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return a @ kernel[:d] + b @ kernel[d:] + bias
+
+
 class GaussianDecoder(nn.Module):
     """Maps ``(representation, x)`` of every target to a Gaussian over ``y``.
 
@@ -145,9 +160,12 @@ class GaussianDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, representation: jax.Array, x_target: jax.Array):
-        h = jnp.concatenate([representation, x_target], axis=-1)
-        out = _mlp((*self.sizes, 2 * self.y_dim), h, "dense")
-        mean, raw = jnp.split(out, 2, axis=-1)
+        """``representation`` is ``[m, d]`` (one per target) or ``[1, d]`` (shared)."""
+        sizes = (*self.sizes, 2 * self.y_dim)
+        h = _ConcatDense(sizes[0], name="dense_0")(representation, x_target)
+        if len(sizes) > 1:
+            h = _mlp(sizes[1:], nn.relu(h), "dense", start=1)
+        mean, raw = jnp.split(h, 2, axis=-1)
         return mean, self.min_std + (1 - self.min_std) * nn.softplus(raw)
 
 
@@ -192,6 +210,8 @@ class NeuralProcess(nn.Module):
             posterior = self.latent(target) if target is not None else None
             mean, std = posterior if posterior is not None else prior
             z = mean + std * jax.random.normal(key, mean.shape)
-            parts.append(jnp.broadcast_to(z, (x_target.shape[0], z.shape[-1])))
+            parts.append(z[None, :])
+        if any(p.shape[0] != 1 for p in parts):  # per-target representations (attention)
+            parts = [jnp.broadcast_to(p, (x_target.shape[0], p.shape[-1])) for p in parts]
         mean, std = self.decoder(jnp.concatenate(parts, axis=-1), x_target)
         return NPOutput(mean, std, prior, posterior)
