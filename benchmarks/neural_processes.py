@@ -147,7 +147,8 @@ def report(done: dict[str, Path], commands: dict[str, str]) -> str:
         for run, s in gp.items():
             records = [json.loads(x) for x in (done[run] / "metrics.jsonl").read_text()
                        .splitlines() if x.strip()]
-            lines += [f"Validation curve of `{run}` (validation log-likelihood against training time):", ""]
+            lines += [f"Validation curve of `{run}` (validation log-likelihood against "
+                      "training time):", ""]
             lines += curve(records, s.get("val_oracle_log_lik")) + [""]
     if "sinusoid_cnp" in summaries:
         s = summaries["sinusoid_cnp"]

@@ -195,7 +195,8 @@ def main() -> None:
     (RESULTS / "np_speed.md").write_text("\n".join(md) + "\n")
     (RESULTS / "np_speed.json").write_text(json.dumps(
         {"rates": rates, "compile_s": compile_s, "loss_check": [jl, tl],
-         "cpu_configure": args.cpu_configure, "steps": args.steps, "reps": args.reps, "batch": args.batch}, indent=2))
+         "cpu_configure": args.cpu_configure, "steps": args.steps, "reps": args.reps,
+         "batch": args.batch}, indent=2))
     print("\n".join(md))
 
 

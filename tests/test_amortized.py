@@ -102,20 +102,21 @@ def test_gp_curves_context_sizes_and_grid():
     np.testing.assert_allclose(test.query.y[0, idx], test.support.y[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", ["cnp", "np", pytest.param("anp", marks=pytest.mark.slow)])
 def test_context_encoder_is_permutation_invariant(name):
     tasks = _tasks(1, context=(10, 10))
     model, params = _built(name, tasks)
     task = jax.tree.map(lambda a: a[0], tasks)
     perm = jax.random.permutation(jax.random.PRNGKey(5), 10)
     shuffled = jax.tree.map(lambda a: a[perm], task.support)
-    out = model.apply({"params": params}, task.support, task.query.x, key=jax.random.PRNGKey(0))
-    out_p = model.apply({"params": params}, shuffled, task.query.x, key=jax.random.PRNGKey(0))
+    apply = jax.jit(models.process_apply(model))
+    out = apply(params, task.support, task.query.x, key=jax.random.PRNGKey(0))
+    out_p = apply(params, shuffled, task.query.x, key=jax.random.PRNGKey(0))
     np.testing.assert_allclose(out.mean, out_p.mean, atol=1e-5)
     np.testing.assert_allclose(out.std, out_p.std, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", ["cnp", "np", pytest.param("anp", marks=pytest.mark.slow)])
 def test_padded_tasks_give_the_same_outputs_and_loss(name):
     tasks = _tasks(1, context=(4, 4), extra_targets=(3, 3))
     model, params = _built(name, tasks)
@@ -128,10 +129,11 @@ def test_padded_tasks_give_the_same_outputs_and_loss(name):
 
     padded = TaskBatch(pad(task.support), pad(task.query))
     key = jax.random.PRNGKey(0)
-    out = model.apply({"params": params}, task.support, task.query.x, key=key)
-    out_p = model.apply({"params": params}, padded.support, task.query.x, key=key)
+    apply = jax.jit(models.process_apply(model))
+    out = apply(params, task.support, task.query.x, key=key)
+    out_p = apply(params, padded.support, task.query.x, key=key)
     np.testing.assert_allclose(out.mean, out_p.mean, atol=1e-5)
-    objective = SMALL[name][1](models.process_apply(model))
+    objective = jax.jit(SMALL[name][1](models.process_apply(model)))
     loss, _ = objective(params, task, key)
     loss_p, _ = objective(params, padded, key)
     assert float(loss) == pytest.approx(float(loss_p), abs=1e-5)
@@ -177,7 +179,7 @@ def test_step_gradient_matches_finite_differences():
                                                                              abs=2e-3)
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", ["cnp", "np", pytest.param("anp", marks=pytest.mark.slow)])
 def test_jit_and_no_jit_steps_agree(name):
     tasks = _tasks(2)
     model, params = _built(name, tasks)

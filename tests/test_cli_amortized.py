@@ -41,6 +41,7 @@ def test_gp_experiments_run_with_the_oracle_row(name, model, tmp_path, capsys):
     assert events[-1][2][f"{model}/val_log_lik"] == pytest.approx(records[-1]["val_log_lik"])
 
 
+@pytest.mark.slow
 def test_sinusoid_cnp_reports_cnp_beside_maml_on_the_same_tasks(tmp_path, capsys):
     out = tmp_path / "run"
     assert _run("sinusoid_cnp", out, TINY + ["maml_steps=4", "eval_n_query=7"]) == 0

@@ -82,7 +82,7 @@ def _check_cross_domain(summary, *, method, rows, steps, baselines):
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=() if n == "omniglot_anil" else pytest.mark.slow) for n in sorted(TINY)])
+    pytest.param(n, marks=pytest.mark.slow) for n in sorted(TINY)])
 def test_gradient_experiment_runs_end_to_end(name, omniglot_cache, tmp_path, monkeypatch,
                                              capsys):
     method, overrides = TINY[name]

@@ -73,7 +73,8 @@ def _loss(block, x):
     return loss
 
 
-@pytest.mark.parametrize("x_shape", [(6, 10, 12, 1), (3, 7, 9, 3)])
+@pytest.mark.parametrize("x_shape", [(6, 10, 12, 1),
+                                     pytest.param((3, 7, 9, 3), marks=pytest.mark.slow)])
 def test_gradients_equal_the_unfused_layers_to_second_order(x_shape):
     x, *params = _operands(x_shape, (3, 3))
     fused, reference = _loss(conv_bn_relu_pool, x), _loss(_reference, x)
@@ -121,7 +122,7 @@ def test_bad_shapes_name_the_argument(bad, match):
         conv_bn_relu_pool(**args)
 
 
-@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("channels", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_conv4_fused_equals_unfused(channels):
     """Same variables (names, initial values), outputs, gradients and running statistics."""
     with jax.enable_x64(False):

@@ -14,7 +14,8 @@ def _blocks(page: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", (TUTORIALS / page).read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if p == "omniglot.md"
+                                  else p for p in PAGES])
 def test_tutorial_code_runs(page, monkeypatch):
     blocks = _blocks(page)
     if page == "devices-and-processes.md":  # multi-process code: shown, run by test_processes

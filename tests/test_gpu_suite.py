@@ -17,6 +17,7 @@ def _run(out, *args):
     return json.loads((out / "gpu.json").read_text()), (out / "gpu.md").read_text()
 
 
+@pytest.mark.slow
 def test_tiny_suite_writes_json_and_markdown(tmp_path):
     report, md = _run(tmp_path, "--parts", "sinusoid", "omniglot", "--data",
                       str(tmp_path / "nowhere"))

@@ -64,6 +64,7 @@ def test_glibc_tunables_give_another_process_the_same_settings():
     assert tunables.count("glibc.malloc.") == len(heap.SETTINGS)
 
 
+@pytest.mark.slow
 @needs_glibc
 def test_configure_makes_large_scratch_buffers_reuse_the_heap():
     pages = 2**27 // 4096

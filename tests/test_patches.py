@@ -59,7 +59,8 @@ def test_a_wrong_patch_order_would_be_caught():
     assert error > 1e-2 * float(jnp.max(jnp.abs(_direct(x, w, padding, dn))))
 
 
-@pytest.mark.parametrize("spec,lhs_shape,kernel,padding", [CASES[0], CASES[-1]])
+@pytest.mark.parametrize("spec,lhs_shape,kernel,padding",
+                         [CASES[0], pytest.param(*CASES[-1], marks=pytest.mark.slow)])
 def test_patch_gradients_to_second_order_are_exact_in_float64(spec, lhs_shape, kernel,
                                                               padding):
     with jax.enable_x64(True):

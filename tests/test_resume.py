@@ -80,7 +80,8 @@ def test_ctrl_c_saves_and_resume_is_bit_identical(reference, tmp_path):
     _assert_same_run(reference, out)
 
 
-def test_resume_with_edited_config_is_refused(reference, tmp_path):
+@pytest.mark.slow
+def test_resume_with_edited_config_is_refused(tmp_path):
     out = tmp_path / "run"
     _start_and_stop(out, signal.SIGKILL)
     config = json.loads((out / "config.json").read_text())

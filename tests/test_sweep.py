@@ -60,7 +60,7 @@ TINY = ["--set", "num_steps=6", "--set", "meta_batch=3", "--set", "test_tasks=6"
         "--set", "steps_per_call=3", "--set", "hidden=8", "--set", "eval_n_query=5"]
 
 
-@pytest.mark.parametrize("mode", ["vmapped", "sequential"])
+@pytest.mark.parametrize("mode", ["vmapped", pytest.param("sequential", marks=pytest.mark.slow)])
 def test_cli_sweep_writes_table_and_plot(tmp_path, capsys, mode):
     extra = ["--sequential", "--set", "pretrain_steps=3", "--set", "val_tasks=4",
              "--set", "val_every=3", "--set", "log_every=3", "--set", "plot_tasks=0"] \

@@ -183,7 +183,9 @@ def _tasks(n_tasks=3, size=8):
                              (_normal(2, (n_tasks, 6, size, size, 1)), labels))
 
 
-@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("model", [pytest.param("conv4", marks=pytest.mark.slow),
+                                   pytest.param("conv4_winograd", marks=pytest.mark.slow),
+                                   "nnx", "user_linen"])
 @pytest.mark.parametrize("first_order", [
     pytest.param(False, marks=pytest.mark.slow, id="False"), True])
 def test_maml_meta_gradient_equals_vmap(model, first_order):
@@ -256,7 +258,8 @@ def test_evaluator_equals_vmap_in_chunks():
 
 @pytest.mark.parametrize("rows,cols,k,ties_at_least", [
     (4, 6, 2, 20), (5, 7, 2, 20),  # 5x7: a remainder no window covers
-    (17, 17, 17, 10),  # 289 elements per window: the first-maximum index is int32, not int8
+    # 289 elements per window: the first-maximum index is int32, not int8
+    pytest.param(17, 17, 17, 10, marks=pytest.mark.slow),
 ])
 def test_max_pool_ties_go_to_the_first_maximum_as_in_vmap(rows, cols, k, ties_at_least):
     """With exact ties (ReLU zeros, quantized values) the pool's gradient must go to the

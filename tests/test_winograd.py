@@ -76,7 +76,8 @@ def _gradients(conv, x, w, padding, dn, cotangent):
 
 
 @pytest.mark.parametrize("winograd", [_winograd, _winograd_backward])
-@pytest.mark.parametrize("spec,lhs_shape,padding", CASES[1:2] + CASES[-1:])
+@pytest.mark.parametrize("spec,lhs_shape,padding",
+                         CASES[1:2] + [pytest.param(*CASES[-1], marks=pytest.mark.slow)])
 def test_winograd_gradients_to_second_order(spec, lhs_shape, padding, winograd):
     x, w, dn = _operands(spec, lhs_shape)
     cotangent = jax.random.normal(jax.random.PRNGKey(3), _direct(x, w, padding, dn).shape)
