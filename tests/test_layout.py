@@ -18,9 +18,10 @@ ALLOWED = {
     "algorithms": {"core"},
     "metric": {"core"},
     "amortized": {"core"},
+    "lopt": {"core"},
     "cpu": {"core"},
     "distributed": {"core"},
-    "experiment": {"core", "algorithms", "metric", "amortized", "data", "tasks",
+    "experiment": {"core", "algorithms", "metric", "amortized", "lopt", "data", "tasks",
                    "distributed"},
 }
 

@@ -1,0 +1,1 @@
+"""Learned optimizers: meta-parameters θ -> an Optax transformation, and their outer trainers."""
