@@ -30,6 +30,7 @@ from metajax._src.experiment.fewshot import (
     mlp_embedding,
     run_fewshot,
 )
+from metajax._src.experiment.lopt_run import LOptConfig, run_lopt, tune_baselines
 from metajax._src.experiment.omniglot_run import (
     OmniglotConfig,
     OmniglotGradientConfig,
@@ -66,6 +67,9 @@ from metajax._src.experiment.training import Interrupted, TrainResult, meta_trai
 
 __all__ = [
     "GPProcessConfig",
+    "LOptConfig",
+    "run_lopt",
+    "tune_baselines",
     "HeldOut",
     "ProcessConfig",
     "ProcessProblem",

@@ -193,3 +193,25 @@ def plot_predictive_tasks(path: str | os.PathLike, *, tasks, x_grid: np.ndarray,
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_loss_curves(path: str | os.PathLike, curves: dict[str, np.ndarray], *,
+                     trained_horizon: int | None = None) -> None:
+    """Mean log10 training loss against inner step, one line per optimizer.
+
+    Args:
+        path: output PNG path.
+        curves: ``{optimizer: [steps + 1]}`` mean log10 losses.
+        trained_horizon: draw a vertical line at the horizon meta-trained on.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, curve in curves.items():
+        ax.plot(np.arange(len(curve)), curve, label=name)
+    if trained_horizon is not None:
+        ax.axvline(trained_horizon, color="grey", linestyle=":", label="trained horizon")
+    ax.set_xlabel("inner step")
+    ax.set_ylabel("mean log10 training loss")
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,60 @@
+"""The learned-optimizer experiments run end to end from the CLI, and resume exactly."""
+
+import dataclasses
+import json
+
+import pytest
+
+from metajax import cli
+
+TINY = ["outer_steps=6", "n_tasks=2", "num_steps=4", "truncation=2", "val_every=3",
+        "log_every=3", "steps_per_call=3", "test_tasks=6", "val_tasks=4", "hidden=4",
+        "baseline_lrs=0.01,0.1", "horizons=1,2"]
+
+
+def _run(name, out, overrides, *extra):
+    return cli.main(["run", name, "--out", str(out), "--no-progress", *extra,
+                     *sum((["--set", s] for s in overrides), [])])
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("lopt_quadratics", ["estimator=pes"]),
+    ("lopt_linear_regression", ["optimizer=adam_schedule", "num_knots=2"]),
+    pytest.param("lopt_digits_mlp", ["optimizer=lstm", "estimator=es", "batch_size=8",
+                                     "mlp_hidden=4"], marks=pytest.mark.slow),
+])
+def test_lopt_experiments_run_with_tuned_baselines(name, extra, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(name, out, TINY + extra) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    learned = json.loads((out / "config.json").read_text())["config"]["optimizer"]
+    assert {learned, "sgd", "momentum", "adam"} <= set(summary["results"])
+    for row in summary["results"].values():
+        assert list(row) == ["1x", "2x"] and all(c["n"] == 6 for c in row.values())
+    assert set(summary["tuned_lrs"].values()) <= {0.01, 0.1}
+    if name != "lopt_digits_mlp":  # the closed-form limit: nothing trains below it
+        best = summary["results"]["optimum"]["1x"]["mean"]
+        assert all(row["1x"]["mean"] >= best - 1e-6 for row in summary["results"].values())
+    else:
+        assert set(summary["final_test_loss"]) == {learned, "sgd", "momentum", "adam"}
+    assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"| {learned} |" in capsys.readouterr().out
+
+
+def test_a_continued_run_equals_an_uninterrupted_one(tmp_path):
+    # the outer state (theta, Adam, the estimator's inner runs) and the key stream are
+    # checkpointed: training 3 steps, then on to 6 from the checkpoint, is training 6 at once
+    module = cli.load_experiment("lopt_quadratics")
+    config = cli.apply_overrides(module.Config(), TINY)
+    whole = module.main(config, tmp_path / "whole", progress=False)
+    module.main(dataclasses.replace(config, outer_steps=3), tmp_path / "part", progress=False)
+    part = module.main(config, tmp_path / "part", progress=False)
+    assert part["results"] == whole["results"] and part["best_step"] == whole["best_step"]
+
+
+def test_bad_choices_are_named_before_work_starts(tmp_path, capsys):
+    assert _run("lopt_quadratics", tmp_path / "a", TINY + ["estimator=sgd"]) == 2
+    assert "`estimator` must be one of ('tbptt', 'es', 'pes'); got 'sgd'" in (
+        capsys.readouterr().err)
+    assert _run("lopt_quadratics", tmp_path / "b", TINY + ["truncation=3"]) == 2
+    assert "`truncation` (3) must divide `num_steps` (4)" in capsys.readouterr().err
