@@ -272,6 +272,13 @@ def _cmd_run(args) -> int:
         print(f"\nHeld-out query {summary.get('metric', 'loss')} (mean ± 95% CI over "
               f"{summary.get('num_test_tasks', '?')} tasks):")
         print(format_table(summary))
+        if isinstance(summary.get("paired"), dict) and summary["paired"]:
+            from metajax._src.experiment.lopt_run import format_paired
+
+            print("\nThe learned optimizer against each baseline on the same tasks: mean "
+                  "log10(learned / baseline) final loss ± 95% CI (negative: learned lower), "
+                  "and the share of tasks where it ends lower:")
+            print(format_paired(summary))
         cross = summary.get("cross_domain")
         if isinstance(cross, dict) and "results" in cross:
             from metajax._src.experiment.cross_domain import format_retained

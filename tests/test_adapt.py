@@ -248,6 +248,22 @@ def test_inner_opt_meta_gradient_finite_differences(x64, make_opt):
     assert_trees_all_close(grad, fd_gradient(f, params), rtol=1e-5, atol=1e-8)
 
 
+def test_adam_inner_opt_meta_gradient_needs_eps_root_where_a_gradient_is_zero(x64):
+    # a feature that is zero on the support set: its coordinate's gradient is exactly 0
+    theta, (xs, ys), query = linear_problem(seed=13)
+    xs[:, 2] = 0.0
+    support = (jnp.asarray(xs), jnp.asarray(ys))
+    query = tuple(jnp.asarray(a) for a in query)
+    theta = jnp.asarray(theta)
+    plain = meta_objective(linear_mse, support, query, steps=2, inner_opt=optax.adam(0.05))
+    assert not np.all(np.isfinite(np.asarray(jax.grad(plain)(theta))))  # sqrt'(0) = inf
+    safe = meta_objective(linear_mse, support, query, steps=2,
+                          inner_opt=optax.adam(0.05, eps_root=1e-8))
+    grad = jax.grad(safe)(theta)
+    assert np.all(np.isfinite(np.asarray(grad)))
+    assert_trees_all_close(grad, fd_gradient(safe, theta), rtol=1e-5, atol=1e-8)
+
+
 def test_inner_opt_sgd_equals_lr(x64):
     params, support, query = mlp_problem(seed=11)
     lr = 0.25

@@ -37,8 +37,29 @@ def test_lopt_experiments_run_with_tuned_baselines(name, extra, tmp_path, capsys
         assert all(row["1x"]["mean"] >= best - 1e-6 for row in summary["results"].values())
     else:
         assert set(summary["final_test_loss"]) == {learned, "sgd", "momentum", "adam"}
+    # the paired comparison is task by task on the same tasks: its mean log-ratio is the
+    # difference of the mean log losses
+    logs = summary["log10_final_loss"]
+    for base in ("sgd", "momentum", "adam"):
+        for h in ("1x", "2x"):
+            got = summary["paired"][base][h]
+            assert got["log10_ratio"]["mean"] == pytest.approx(
+                logs[learned][h]["mean"] - logs[base][h]["mean"], abs=1e-5)
+            assert got["frac_lower"] in {i / 6 for i in range(7)}
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"| {learned} |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"| {learned} |" in printed and "| adam | " in printed.split("against")[-1]
+
+
+def test_paired_comparison_counts_the_tasks_where_the_learned_optimizer_ends_lower():
+    from metajax._src.experiment.lopt_run import paired_comparison
+
+    finals = {"mlp": {"1x": [-2.0, -1.0, 0.0, 1.0]}, "adam": {"1x": [-1.0, -1.5, 0.5, 0.0]}}
+    got = paired_comparison(finals, "mlp")
+    assert set(got) == {"adam"}
+    assert got["adam"]["1x"]["frac_lower"] == 0.5
+    assert got["adam"]["1x"]["log10_ratio"]["mean"] == pytest.approx(0.0)
+    assert got["adam"]["1x"]["log10_ratio"]["n"] == 4
 
 
 def test_a_continued_run_equals_an_uninterrupted_one(tmp_path):

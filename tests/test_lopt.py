@@ -43,7 +43,7 @@ def test_constant_adam_schedule_is_optax_adam():
         opt = lopt.adam_schedule(num_knots=1)
         theta = {"log_lr": jnp.log(jnp.full((1,), 0.05, jnp.float64))}
         got = _run(opt.opt_fn(theta, num_steps=6), params, loss, 6)
-        want = _run(optax.adam(0.05), params, loss, 6)
+        want = _run(optax.adam(0.05, eps_root=1e-8), params, loss, 6)
         np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=1e-12)
 
 
@@ -200,6 +200,40 @@ def test_truncated_backprop_equals_finite_differences(name):
     if name == "mlp":
         theta["layers"][-1]["w"] = theta["layers"][-1]["w"] * 50.0
     _fd_check(est, theta)
+
+
+@pytest.mark.parametrize("name", ["mlp", "lstm", "adam_schedule"])
+def test_maml_through_a_learned_optimizer_where_a_gradient_is_zero(name):
+    # MAML's meta-gradient with respect to the initialisation, through the learned optimizer,
+    # on a problem where one coordinate's gradient is exactly zero (a feature that is always 0):
+    # finite (no 0 * inf from log|g| or sqrt(v) at 0) and equal to finite differences
+    opt = {"mlp": lambda: lopt.mlp_optimizer(hidden=(4,), init_lr=0.05),
+           "lstm": lambda: lopt.lstm_optimizer(units=3),
+           "adam_schedule": lambda: lopt.adam_schedule(num_knots=2, init_lr=0.05)}[name]()
+    rng = np.random.default_rng(0)
+    x, y, w0 = rng.normal(size=(6, 3)), rng.normal(size=6), rng.normal(size=3)
+    x[:, 1] = 0.0
+
+    def meta_objective(dtype):
+        theta = jax.tree.map(lambda a: jnp.asarray(a, dtype), opt.init(jax.random.PRNGKey(1)))
+        tx = opt.opt_fn(theta, num_steps=3)
+        xs, ys = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+
+        def loss(w, batch):
+            return jnp.mean((batch[0] @ w - batch[1]) ** 2)
+
+        return lambda w: loss(metajax.adapt(loss, w, (xs[:4], ys[:4]), steps=3, inner_opt=tx),
+                              (xs[4:], ys[4:]))
+
+    # float32 (where float64 would hide a subnormal guard flushed to zero)
+    assert np.all(np.isfinite(np.asarray(jax.grad(meta_objective(jnp.float32))(
+        jnp.asarray(w0, jnp.float32)))))
+    with jax.enable_x64(True):
+        meta, w = meta_objective(jnp.float64), jnp.asarray(w0)
+        grad = np.asarray(jax.grad(meta)(w))
+        eps = 1e-6
+        fd = [(meta(w.at[i].add(eps)) - meta(w.at[i].add(-eps))) / (2 * eps) for i in range(3)]
+        np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-8)
 
 
 # A one-dimensional problem with a closed form: SGD at the learned rate theta on

@@ -83,7 +83,8 @@ def maml(
         inner_lr: inner SGD step size, a scalar or per-parameter pytree; ``None`` with
             ``inner_opt``.
         first_order: drop second-order terms (FOMAML).
-        inner_opt: optional Optax inner optimizer, differentiated through.
+        inner_opt: optional Optax inner optimizer, differentiated through (Adam with
+            ``eps_root > 0``, e.g. ``optax.adam(lr, eps_root=1e-8)``: see :func:`metajax.adapt`).
         has_aux: whether ``loss_fn`` returns ``(loss, aux)``; aux values (e.g. accuracy) are
             averaged over tasks into the metrics.
         task_batching: how the task axis is batched (a :class:`metajax.TaskBatching`);

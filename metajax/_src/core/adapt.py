@@ -340,6 +340,9 @@ def adapt(
         first_order: if True, inner gradients are treated as constants (FOMAML).
         inner_opt: any Optax ``GradientTransformation`` used as the inner optimizer (it includes
             its own learning rate); the meta-gradient flows through its state (momentum, Adam).
+            Through Adam-like optimizers give ``eps_root > 0`` (``optax.adam(lr,
+            eps_root=1e-8)``): where a gradient is exactly zero (a dead ReLU unit) the
+            derivative of ``sqrt`` at a zero second moment is infinite and the meta-gradient NaN.
         has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
         remat: checkpoint each inner step (``jax.checkpoint``), trading compute for memory in
             second-order meta-gradients through many steps.

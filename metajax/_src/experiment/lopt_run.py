@@ -112,6 +112,39 @@ def _final_and_mean(curves: dict, num_steps: int) -> dict[str, np.ndarray]:
     return out
 
 
+def paired_comparison(log10_finals: dict, learned: str) -> dict:
+    """The learned optimizer against each baseline on the same test tasks.
+
+    ``log10_finals[method][horizon]`` holds per-task ``log10`` final losses. For every other
+    method and horizon: ``log10_ratio``, the mean ± 95% CI over tasks of
+    ``log10(learned / baseline)`` (negative: the learned optimizer ends lower), and
+    ``frac_lower``, the fraction of tasks where it ends lower.
+    """
+    out = {}
+    for name, by_h in log10_finals.items():
+        if name == learned:
+            continue
+        out[name] = {}
+        for h, base in by_h.items():
+            diff = np.asarray(log10_finals[learned][h]) - np.asarray(base)
+            out[name][h] = {"log10_ratio": mean_ci95(diff)._asdict(),
+                            "frac_lower": float(np.mean(diff < 0))}
+    return out
+
+
+def format_paired(summary: dict) -> str:
+    """A markdown table of ``summary["paired"]`` (see :func:`paired_comparison`)."""
+    paired = summary["paired"]
+    horizons = list(next(iter(paired.values())))
+    lines = ["| against | " + " | ".join(f"{h} steps" for h in horizons) + " |",
+             "|---|" + "---|" * len(horizons)]
+    for name, by_h in paired.items():
+        cells = [f"{v['log10_ratio']['mean']:+.2f} ± {v['log10_ratio']['ci95']:.2f} "
+                 f"({100 * v['frac_lower']:.0f}% lower)" for v in by_h.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _keys(seed: int, split: str, n: int) -> jax.Array:
     return jax.random.split(split_key(seed, split), n)
 
@@ -147,7 +180,8 @@ def run_lopt(config: LOptConfig, family: TaskFamily, *, out_dir: str | Path | No
         ``{"metric": "final_loss", "results": {method: {"1x": {mean, ci95, n}, ...}}, ...}``,
         methods the learned optimizer, ``sgd``, ``momentum``, ``adam`` and (where known)
         ``optimum``; also ``mean_loss`` (mean over the run's steps), ``log10_final_loss``,
-        and ``final_test_loss`` where the family has held-out data.
+        ``final_test_loss`` where the family has held-out data, and ``paired`` (the learned
+        optimizer against each baseline task by task, :func:`paired_comparison`).
     """
     lopt = learned_optimizer(config)
     key = jax.random.PRNGKey(config.seed)
@@ -187,7 +221,7 @@ def run_lopt(config: LOptConfig, family: TaskFamily, *, out_dir: str | Path | No
         config.optimizer: lambda n: lopt.opt_fn(result.best_params, num_steps=n),
         **{name: (lambda n, m=BASELINES[name], lr=t["lr"]: m(lr)) for name, t in tuned.items()}}
     tables: dict[str, dict] = {"final_loss": {}, "mean_loss": {}, "log10_final_loss": {}}
-    mean_log_curves = {}
+    mean_log_curves, finals = {}, {}
     for name, make in optimizers.items():
         for h in config.horizons:
             n = config.num_steps * h
@@ -195,6 +229,7 @@ def run_lopt(config: LOptConfig, family: TaskFamily, *, out_dir: str | Path | No
                 test_keys)
             scores = _final_and_mean(curves, n)
             scores["log10_final_loss"] = np.log10(np.maximum(scores["final_loss"], 1e-30))
+            finals.setdefault(name, {})[f"{h}x"] = scores["log10_final_loss"]
             for metric, values in scores.items():
                 tables.setdefault(metric, {}).setdefault(name, {})[f"{h}x"] = (
                     mean_ci95(values)._asdict())
@@ -212,6 +247,7 @@ def run_lopt(config: LOptConfig, family: TaskFamily, *, out_dir: str | Path | No
         "metric": "final_loss",
         "results": tables.pop("final_loss"),
         **tables,
+        "paired": paired_comparison(finals, config.optimizer),
         "tuned_lrs": {k: v["lr"] for k, v in tuned.items()},
         "tuning": tuned,
         "num_test_tasks": config.test_tasks,

@@ -12,14 +12,15 @@ from metajax._src.lopt.base import LearnedOptimizer, check_num_steps, check_thet
 
 
 def adam_schedule(*, num_knots: int = 10, init_lr: float = 1e-3, b1: float = 0.9,
-                  b2: float = 0.999, eps: float = 1e-8) -> LearnedOptimizer:
+                  b2: float = 0.999, eps: float = 1e-8,
+                  eps_root: float = 1e-8) -> LearnedOptimizer:
     """Adam whose learning-rate schedule is the meta-parameter (``optax.inject_hyperparams``).
 
     ``theta = {"log_lr": [num_knots]}``: the log learning rate at ``num_knots`` evenly spaced
     fractions of training ``0, ..., 1``; the rate at step ``t`` of a run of ``num_steps`` is
     ``exp`` of the piecewise-linear interpolation at ``t / num_steps`` (held at the last knot
     beyond the horizon). ``num_knots=num_steps`` learns one rate per step; ``num_knots=1`` a
-    constant rate, where ``opt_fn`` is ``optax.adam(exp(log_lr))``.
+    constant rate, where ``opt_fn`` is ``optax.adam(exp(log_lr), eps_root=eps_root)``.
 
     Args:
         num_knots: knots of the schedule.
@@ -27,6 +28,10 @@ def adam_schedule(*, num_knots: int = 10, init_lr: float = 1e-3, b1: float = 0.9
         b1: Adam's first-moment decay.
         b2: Adam's second-moment decay.
         eps: Adam's epsilon.
+        eps_root: added to the second moment inside the square root (optax's ``eps_root``).
+            It keeps meta-gradients through the optimizer finite where a gradient is exactly
+            zero (a dead ReLU unit): with ``eps_root=0`` the derivative of ``sqrt`` at 0 is
+            infinite and the meta-gradient NaN.
 
     Returns:
         A :class:`LearnedOptimizer`.
@@ -43,6 +48,8 @@ def adam_schedule(*, num_knots: int = 10, init_lr: float = 1e-3, b1: float = 0.9
     num_knots = check_int("num_knots", num_knots, 1)
     if not init_lr > 0:
         raise ValueError(f"`init_lr` must be > 0; got {init_lr!r}.")
+    if not eps_root >= 0:
+        raise ValueError(f"`eps_root` must be >= 0; got {eps_root!r}.")
     knots = np.linspace(0.0, 1.0, num_knots, dtype=np.float32) if num_knots > 1 else None
 
     def init(key: jax.Array):
@@ -61,6 +68,7 @@ def adam_schedule(*, num_knots: int = 10, init_lr: float = 1e-3, b1: float = 0.9
                 return jnp.exp(log_lr[0])
             return jnp.exp(jnp.interp(fraction_done(count, num_steps), knots, log_lr))
 
-        return optax.inject_hyperparams(optax.adam)(learning_rate=schedule, b1=b1, b2=b2, eps=eps)
+        return optax.inject_hyperparams(optax.adam)(learning_rate=schedule, b1=b1, b2=b2, eps=eps,
+                                                     eps_root=eps_root)
 
     return LearnedOptimizer(init=init, opt_fn=opt_fn)

@@ -23,7 +23,9 @@ def log_sign_preprocess(g: jax.Array, p: float = 10.0) -> jax.Array:
     """Andrychowicz et al.'s gradient preprocessing, ``[*g.shape, 2]``:
     ``(log|g| / p, sign g)`` if ``|g| >= e^-p``, else ``(-1, e^p g)``."""
     big = jnp.abs(g) >= np.exp(-p)
-    first = jnp.where(big, jnp.log(jnp.abs(g) + 1e-38) / p, -1.0)
+    # the log of a safe stand-in where |g| is small: differentiating log|g| at g = 0 would put
+    # 0 * inf = NaN into the (meta-)gradient even though that branch is not selected
+    first = jnp.where(big, jnp.log(jnp.abs(jnp.where(big, g, 1.0))) / p, -1.0)
     second = jnp.where(big, jnp.sign(g), np.exp(p) * g)
     return jnp.stack([first, second], axis=-1)
 
