@@ -15,12 +15,15 @@ from metajax.experiment import LOptConfig, run_lopt
 @dataclasses.dataclass(frozen=True)
 class Config(LOptConfig):
     """A 64-32-10 ReLU MLP, mini-batches of 128 from the first 1500 digits (the other 297 are
-    the test split); each task is a fresh initialisation; 100 inner steps."""
+    the test split); each task is a fresh initialisation; 100 inner steps, truncations of 20,
+    mean training loss as the meta-objective, 3,000 outer steps (about 15 minutes of training
+    on 2 CPU cores)."""
 
     mlp_hidden: tuple[int, ...] = (32,)
     batch_size: int = 128
     meta_loss: str = "mean"
     n_tasks: int = 8
+    outer_steps: int = 3_000
 
 
 def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = True) -> dict:

@@ -12,10 +12,15 @@ from metajax.experiment import LOptConfig, run_lopt
 
 @dataclasses.dataclass(frozen=True)
 class Config(LOptConfig):
-    """f(theta) = ||W theta - y||^2 with W, y ~ N(0, 1), theta_0 ~ N(0, I); 100 inner steps,
-    truncated backprop over 20-step truncations, mean log-loss meta-objective."""
+    """f(theta) = ||W theta - y||^2 with W, y ~ N(0, 1), theta_0 ~ N(0, I); Andrychowicz et
+    al.'s coordinatewise LSTM, 100 inner steps, truncated backprop over 20-step truncations,
+    mean training loss as the meta-objective, 16,000 outer steps (4 minutes on 2 CPU cores)."""
 
     dim: int = 10
+    optimizer: str = "lstm"
+    meta_loss: str = "mean"
+    outer_steps: int = 16_000
+    val_every: int = 1_000
 
 
 def main(config: Config, out_dir: str | Path | None = None, *, progress: bool = True) -> dict:

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from metajax import cli
@@ -45,6 +46,9 @@ def test_lopt_experiments_run_with_tuned_baselines(name, extra, tmp_path, capsys
             got = summary["paired"][base][h]
             assert got["log10_ratio"]["mean"] == pytest.approx(
                 logs[learned][h]["mean"] - logs[base][h]["mean"], abs=1e-5)
+            assert got["diff"]["mean"] == pytest.approx(
+                summary["results"][learned][h]["mean"] - summary["results"][base][h]["mean"],
+                rel=1e-4, abs=1e-6)
             assert got["frac_lower"] in {i / 6 for i in range(7)}
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
@@ -54,12 +58,13 @@ def test_lopt_experiments_run_with_tuned_baselines(name, extra, tmp_path, capsys
 def test_paired_comparison_counts_the_tasks_where_the_learned_optimizer_ends_lower():
     from metajax._src.experiment.lopt_run import paired_comparison
 
-    finals = {"mlp": {"1x": [-2.0, -1.0, 0.0, 1.0]}, "adam": {"1x": [-1.0, -1.5, 0.5, 0.0]}}
-    got = paired_comparison(finals, "mlp")
-    assert set(got) == {"adam"}
-    assert got["adam"]["1x"]["frac_lower"] == 0.5
-    assert got["adam"]["1x"]["log10_ratio"]["mean"] == pytest.approx(0.0)
-    assert got["adam"]["1x"]["log10_ratio"]["n"] == 4
+    finals = {"mlp": {"1x": [0.01, 0.1, 1.0, 10.0]}, "adam": {"1x": [0.1, 0.03, 3.0, 1.0]}}
+    got = paired_comparison(finals, "mlp")["adam"]["1x"]
+    assert got["frac_lower"] == 0.5
+    assert got["diff"]["mean"] == pytest.approx((-0.09 + 0.07 - 2.0 + 9.0) / 4)
+    assert got["log10_ratio"]["mean"] == pytest.approx(
+        (-1 + np.log10(0.1 / 0.03) - np.log10(3.0) + 1) / 4)
+    assert got["log10_ratio"]["n"] == 4
 
 
 def test_a_continued_run_equals_an_uninterrupted_one(tmp_path):
