@@ -8,6 +8,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -118,13 +119,29 @@ def _prepare_run_dir(args, module, name: str):
         return config_from_dict(module.Config, stored["config"]), out
     config = apply_overrides(module.Config(), args.set or [])
     out = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (out / "checkpoints").exists():
-        raise SystemExit(f"{out} already holds a run with checkpoints: continue it with "
-                         f"`metajax run {name} --resume {out}`, or choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: that is a file, not a directory.")
+    earlier = sorted(p.name for p in out.glob("*") if p.name in RUN_FILES) if out.is_dir() else []
+    if earlier and not getattr(args, "overwrite", False):
+        hint = (f"continue it with `metajax run {name} --resume {out}`, "
+                if "checkpoints" in earlier else "")
+        raise ConfigError(f"--out {out} already holds a run ({', '.join(earlier)}): {hint}"
+                          "choose another --out, or pass --overwrite to replace it.")
+    for item in earlier:  # --overwrite: the earlier run's own files only
+        path = out / item
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot create it ({err.strerror}).") from None
     _write_run_config(out, name, config)
     return config, out
+
+
+# what a run writes into its directory (``--overwrite`` removes exactly these)
+RUN_FILES = frozenset({"config.json", "metrics.jsonl", "summary.json", "checkpoints",
+                       "tensorboard", "learning_curve.png", "loss_curves.png", "tasks.png",
+                       "accuracy_vs_time.png"})
 
 
 def _write_run_config(out: Path, name: str, config) -> None:
@@ -275,9 +292,9 @@ def _cmd_run(args) -> int:
         if isinstance(summary.get("paired"), dict) and summary["paired"]:
             from metajax._src.experiment.lopt_run import format_paired
 
-            print("\nThe learned optimizer against each baseline on the same tasks: mean "
-                  "log10(learned / baseline) final loss ± 95% CI (negative: learned lower), "
-                  "and the share of tasks where it ends lower:")
+            print("\nThe learned optimizer against each baseline, task by task: final loss "
+                  "learned - baseline (mean ± 95% CI), log10(learned / baseline), and the "
+                  "share of tasks where the learned optimizer ends lower:")
             print(format_paired(summary))
         cross = summary.get("cross_domain")
         if isinstance(cross, dict) and "results" in cross:
@@ -521,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--out", help="output directory (default: runs/NAME-TIMESTAMP)")
     p_run.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR from its newest checkpoint")
+    p_run.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier run's files in --out (refused otherwise)")
     p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p_run.add_argument("--tensorboard", action="store_true",
                        help="also write metrics.jsonl's scalars as TensorBoard events in "

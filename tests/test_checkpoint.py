@@ -56,6 +56,21 @@ def test_corrupt_file_is_reported(tmp_path):
         c.restore_latest(TREE)
 
 
+def test_altered_array_bytes_are_refused(tmp_path):
+    # a file that still parses, with one exponent bit flipped in every float of one kernel
+    c = _ckpt(tmp_path)
+    w = jnp.asarray(np.random.default_rng(1).normal(size=(4, 5)), jnp.float32)
+    path = c.save(3, {**TREE, "w": w})
+    data, raw = bytearray(path.read_bytes()), np.asarray(w).tobytes()
+    at = bytes(data).find(raw)
+    assert at >= 0
+    for i in range(3, len(raw), 4):  # little-endian float32: the high byte holds the exponent
+        data[at + i] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{path.name} fails its checksum"):
+        c.restore_latest({**TREE, "w": w})
+
+
 def test_other_config_is_refused(tmp_path):
     _ckpt(tmp_path, fp="a").save(1, TREE)
     with pytest.raises(CheckpointError, match="another configuration"):

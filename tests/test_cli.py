@@ -208,3 +208,39 @@ def test_processes_run_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     steps = [[json.loads(line)["step"] for line in (d / "metrics.jsonl").read_text().splitlines()
               if json.loads(line)["method"] == "maml"] for d in (whole, cut)]
     assert steps[0] == steps[1] == list(range(100, 901, 100))
+
+
+def _tiny_run(out, *extra):
+    return cli.main(["run", "linear_regression", "--out", str(out), "--no-progress", *extra,
+                     *sum((["--set", s] for s in TINY["linear_regression"]), [])])
+
+
+def test_an_earlier_run_is_never_overwritten_silently(tmp_path, capsys):
+    # results without checkpoints (an earlier finished or copied run): refused, untouched
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text('{"earlier": true}')
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    (out / "notes.txt").write_text("mine")
+    assert _tiny_run(out) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} already holds a run (metrics.jsonl, summary.json)" in err
+    assert "--overwrite" in err and "Traceback" not in err
+    assert (out / "summary.json").read_text() == '{"earlier": true}'
+    # --overwrite replaces the run's own files and nothing else
+    assert _tiny_run(out, "--overwrite") == 0
+    assert "earlier" not in (out / "summary.json").read_text()
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text()
+            .splitlines()][0] != 1
+    assert (out / "notes.txt").read_text() == "mine"
+    # a finished run has checkpoints: the message offers --resume as well
+    assert _tiny_run(out) == 2
+    assert f"--resume {out}" in capsys.readouterr().err
+
+
+def test_out_pointing_at_a_file_is_a_one_line_error(tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    assert _tiny_run(target) == 2
+    err = capsys.readouterr().err
+    assert "that is a file, not a directory" in err and "Traceback" not in err

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-FORMAT = 1
+FORMAT = 2
 _NAME = re.compile(r"^ckpt-(\d{10})\.msgpack$")
 
 
@@ -32,6 +32,22 @@ def fingerprint(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _digest(payload: dict) -> str:
+    """SHA-256 over everything a checkpoint restores: step, config, structure, metadata and
+    every leaf's dtype, shape and bytes (so a flipped bit in any array is caught)."""
+    h = hashlib.sha256()
+    for part in (str(payload["step"]), str(payload["config"]), payload["treedef"]):
+        h.update(part.encode())
+        h.update(b"\0")
+    h.update(payload["metadata"])
+    leaves = payload["leaves"]
+    for i in range(len(leaves)):
+        leaf = np.ascontiguousarray(leaves[str(i)])
+        h.update(f"{leaf.dtype.str}{leaf.shape}".encode())
+        h.update(leaf.tobytes())
+    return h.hexdigest()
+
+
 class Checkpointer:
     """Saves and restores training state in ``directory``, keeping the newest ``keep`` files.
 
@@ -40,7 +56,9 @@ class Checkpointer:
     version and the run's config fingerprint; restoring one written by another version or
     config, or into a state of another structure, raises :class:`CheckpointError`.
 
-    Serialisation uses Flax's msgpack format (raw array bytes: restores are bit-exact).
+    Serialisation uses Flax's msgpack format (raw array bytes: restores are bit-exact). A
+    SHA-256 checksum of the arrays, structure and metadata is stored with them and verified on
+    restore: a file altered after it was written (a flipped bit in one float) is refused.
 
     Args:
         directory: where checkpoint files live (created if needed).
@@ -91,6 +109,7 @@ class Checkpointer:
             "leaves": {str(i): np.asarray(leaf) for i, leaf in enumerate(leaves)},
             "metadata": serialization.msgpack_serialize(metadata or {}),
         }
+        payload["checksum"] = _digest(payload)
         data = serialization.msgpack_serialize(payload)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".msgpack")
         try:
@@ -125,6 +144,14 @@ class Checkpointer:
                 f"Checkpoint {path} belongs to another configuration (fingerprint "
                 f"{payload.get('config')}, this run {self.config_fingerprint}). Resume with the "
                 "run's own config.json, or start a new run in another directory.")
+        try:
+            intact = payload.get("checksum") == _digest(payload)
+        except Exception:  # a payload missing its parts
+            intact = False
+        if not intact:
+            raise CheckpointError(
+                f"Checkpoint {path} fails its checksum: its contents changed after it was "
+                "written. Remove it to resume from the previous one.")
         leaves, treedef = jax.tree.flatten(template)
         stored = payload["leaves"]
         if str(treedef) != payload["treedef"] or len(stored) != len(leaves):
