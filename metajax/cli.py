@@ -219,6 +219,19 @@ def _launch_processes(args, module, name: str) -> int:
     return codes[0] or next((c for c in codes if c != 0), 0)
 
 
+def _nan_hint(config) -> str:
+    """What to change after a non-finite loss, in this experiment's own config fields."""
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    tips = [f"--set {k}={v / 3:.3g}" for k, v in fields.items()
+            if k in ("inner_lr", "outer_lr", "lr") and isinstance(v, float) and v > 0]
+    clip = fields.get("clip_grad_norm")
+    if isinstance(clip, (int, float)):
+        tips.append(f"--set clip_grad_norm={clip / 3 if clip > 0 else 1.0:.3g}")
+    if not tips:
+        return "Try smaller learning rates."
+    return "Try a new run with " + " or ".join(tips) + "."
+
+
 def _wait_workers(workers, grace: float) -> list[int]:
     """Exit codes of ``workers``; once one fails, the others get ``grace`` seconds (they may
     be waiting for it in a collective) before they are killed."""
@@ -239,7 +252,7 @@ def _wait_workers(workers, grace: float) -> list[int]:
 
 def _cmd_run(args) -> int:
     from metajax._src.experiment.checkpoint import CheckpointError
-    from metajax._src.experiment.training import Interrupted
+    from metajax._src.experiment.training import Interrupted, NonFiniteLoss
 
     if args.processes < 1:
         print(f"metajax run: --processes must be >= 1; got {args.processes}.", file=sys.stderr)
@@ -275,6 +288,10 @@ def _cmd_run(args) -> int:
             print(f"\n{err} Continue with: metajax run {name} --resume {out}{processes}",
                   file=sys.stderr)
         return 130
+    except NonFiniteLoss as err:
+        print(f"metajax run {name}: non-finite meta-training loss at step {err.step} "
+              f"({err.value}). {err.kept} {_nan_hint(config)}", file=sys.stderr)
+        return 1
     except FloatingPointError as err:
         print(f"metajax run {name}: {err}", file=sys.stderr)
         return 1
@@ -322,10 +339,21 @@ def _parse_grid(module, items: list[str]) -> dict[str, tuple]:
             raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,... with KEY a config field "
                               f"other than seed (use --seeds).\nValid keys:\n"
                               f"{describe_fields(module.Config)}")
+        if key in grid:
+            raise ConfigError(f"--grid {item!r}: {key} is given twice; list all its values in "
+                              "one --grid KEY=V1,V2,...")
+        parts = [v.strip() for v in text.split(",")]
+        if not text.strip() or any(not v for v in parts):
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,... with no empty value.")
         try:
-            grid[key] = tuple(parse_value(v.strip(), types[key]) for v in text.split(",") if v)
+            values = tuple(parse_value(v, types[key]) for v in parts)
         except ValueError as err:
             raise ConfigError(f"--grid {item!r}: {err}") from None
+        repeated = sorted({str(v) for i, v in enumerate(values) if v in values[:i]})
+        if repeated:
+            raise ConfigError(f"--grid {item!r}: {key} repeats {', '.join(repeated)}; each "
+                              "configuration once (use --seeds for repetitions).")
+        grid[key] = values
     return grid
 
 
@@ -347,6 +375,9 @@ def _cmd_sweep(args) -> int:
         grid = _parse_grid(module, args.grid or [])
     except ConfigError as err:
         print(f"metajax sweep {name}: {err}", file=sys.stderr)
+        return 2
+    if args.seeds < 1:
+        print(f"metajax sweep {name}: --seeds must be >= 1; got {args.seeds}.", file=sys.stderr)
         return 2
     seeds = [config.seed + i for i in range(args.seeds)]
     combos = grid_combinations(grid, seeds)

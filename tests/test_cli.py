@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from metajax import cli
@@ -244,3 +245,24 @@ def test_out_pointing_at_a_file_is_a_one_line_error(tmp_path, capsys):
     assert _tiny_run(target) == 2
     err = capsys.readouterr().err
     assert "that is a file, not a directory" in err and "Traceback" not in err
+
+
+def test_non_finite_loss_says_what_was_kept_and_which_fields_to_change(tmp_path, capsys):
+    assert _tiny_run(tmp_path / "run", "--set", "outer_lr=1e30") == 1
+    err = capsys.readouterr().err
+    assert "non-finite meta-training loss at step" in err
+    assert "No checkpoint had been written yet" in err  # not "the last good one is kept"
+    assert "--set outer_lr=3.33e+29" in err and "--set clip_grad_norm=1" in err
+    assert "optax." not in err and "Traceback" not in err
+
+
+def test_kept_names_the_newest_checkpoint(tmp_path):
+    from metajax._src.experiment.checkpoint import Checkpointer
+    from metajax._src.experiment.training import _kept
+
+    ckpt = Checkpointer(tmp_path, config_fingerprint="x")
+    assert "No checkpoint had been written yet" in _kept(ckpt)
+    ckpt.save(30, {"w": np.zeros(2)})
+    ckpt.save(60, {"w": np.zeros(2)})
+    assert _kept(ckpt).startswith(f"The checkpoint of step 60 (the last good state) is kept in "
+                                  f"{tmp_path}")

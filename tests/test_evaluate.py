@@ -101,6 +101,23 @@ def test_mean_ci95_by_hand():
     assert s2.n == 17
 
 
+def test_a_few_diverged_tasks_are_counted_not_hidden_in_a_nan():
+    # 4 non-finite of 100,000: the mean and CI of the others, and the count
+    values = np.random.default_rng(3).normal(size=100_000)
+    bad = values.copy()
+    bad[[5, 77, 901, 99_999]] = [np.nan, np.inf, -np.inf, np.nan]
+    s, ref = metajax.mean_ci95(bad), metajax.mean_ci95(np.delete(values, [5, 77, 901, 99_999]))
+    assert (s.mean, s.ci95, s.n, s.nonfinite) == (ref.mean, ref.ci95, 99_996, 4)
+    assert ref.nonfinite == 0
+    none = metajax.mean_ci95([np.nan, np.inf])
+    assert math.isnan(none.mean) and none.n == 0 and none.nonfinite == 2
+    from metajax._src.experiment.comparison import format_table
+
+    table = format_table({"results": {"maml": {"1": s._asdict(), "5": ref._asdict()}}})
+    assert f"{s.mean:.3f} ± {s.ci95:.3f} (4 of 100000 non-finite)" in table
+    assert "nan" not in table
+
+
 def test_mean_ci95_edge_cases():
     one = metajax.mean_ci95([4.5])
     assert one.mean == 4.5 and one.n == 1 and math.isnan(one.ci95)
@@ -118,7 +135,7 @@ def test_summarize_structure_and_values():
         assert set(table[name]) == {"0", "5"}
         for s in (0, 5):
             entry = table[name][str(s)]
-            assert set(entry) == {"mean", "ci95", "n"}
+            assert set(entry) == {"mean", "ci95", "n", "nonfinite"}
             expected = metajax.mean_ci95(per_step[s][name])
             assert entry == expected._asdict()
             np.testing.assert_allclose(entry["mean"], per_step[s][name].mean(), rtol=1e-12)

@@ -72,7 +72,8 @@ def test_cli_sweep_writes_table_and_plot(tmp_path, capsys, mode):
     result = json.loads((out / "sweep.json").read_text())
     assert result["mode"] == mode
     assert [r["inner_lr"] for r in result["rows"]] == [0.01, 0.1]
-    assert all(r["seeds"] == seeds and r["10"]["n"] == 6 * seeds for r in result["rows"])
+    assert all(r["seeds"] == seeds and r["10"]["n"] + r["10"]["nonfinite"] == 6 * seeds
+               for r in result["rows"])
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert f"| 0.1 | {seeds} |" in capsys.readouterr().out
 
@@ -80,6 +81,24 @@ def test_cli_sweep_writes_table_and_plot(tmp_path, capsys, mode):
 def test_cli_sweep_rejects_unknown_key(tmp_path, capsys):
     assert cli.main(["sweep", "sinusoid_maml", "--grid", "nope=1,2", "--out", str(tmp_path)]) == 2
     assert "expected KEY=V1,V2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--grid", "inner_lr=0.01,0.01"], "inner_lr repeats 0.01; each configuration once"),
+    (["--grid", "inner_lr=0.01,1e-2"], "inner_lr repeats 0.01"),
+    (["--grid", "inner_lr="], "with no empty value"),
+    (["--grid", "inner_lr=0.01,,0.1"], "with no empty value"),
+    (["--grid", "inner_lr=0.01", "--grid", "inner_lr=0.1"], "inner_lr is given twice"),
+    (["--grid", "inner_lr=0.01,0.1", "--seeds", "0"], "--seeds must be >= 1; got 0"),
+])
+def test_cli_sweep_refuses_duplicate_or_empty_values_before_work(tmp_path, capsys, argv,
+                                                                 message):
+    # a repeated value was reported as one configuration with twice the seeds
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", "sinusoid_maml", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()  # nothing written
 
 
 SEQUENTIAL = ["--sequential", "--set", "pretrain_steps=3", "--set", "val_tasks=4",

@@ -18,26 +18,43 @@ from metajax._src.core.types import Params, TaskBatch, num_tasks
 
 
 class Summary(NamedTuple):
-    """Mean and half-width of the 95% normal confidence interval of a per-task metric."""
+    """Mean and half-width of the 95% normal confidence interval of a per-task metric.
+
+    ``n`` counts the finite values the mean is over; ``nonfinite`` the NaN or infinite ones
+    left out (tables show them as "k of N non-finite").
+    """
 
     mean: float
     ci95: float
     n: int
+    nonfinite: int = 0
 
 
 def mean_ci95(values: Any) -> Summary:
     """Summarises per-task values as mean ± 1.96 standard errors (sample std, ``ddof=1``).
 
+    Non-finite values (diverged tasks) are counted in ``nonfinite`` and left out of the mean,
+    so that a few of them do not turn the whole summary into NaN; with none finite the mean is
+    NaN.
+
     Examples:
         >>> s = mean_ci95([1.0, 2.0, 3.0])
         >>> round(s.mean, 3), round(s.ci95, 3)
         (2.0, 1.132)
+        >>> s = mean_ci95([1.0, float("nan"), 3.0])
+        >>> s.mean, s.n, s.nonfinite
+        (2.0, 2, 1)
     """
     v = np.asarray(values, dtype=np.float64).ravel()
     if v.size == 0:
         raise ValueError("`values` is empty; need at least one per-task value.")
+    finite = np.isfinite(v)
+    bad = int(v.size - finite.sum())
+    v = v[finite]
+    if v.size == 0:
+        return Summary(float("nan"), float("nan"), 0, bad)
     ci = 1.96 * v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else float("nan")
-    return Summary(float(v.mean()), float(ci), int(v.size))
+    return Summary(float(v.mean()), float(ci), int(v.size), bad)
 
 
 def make_evaluator(
@@ -138,7 +155,8 @@ def evaluate(
 
 
 def summarize(per_step: dict[int, dict[str, np.ndarray]]) -> dict[str, dict[str, dict]]:
-    """Turns :func:`evaluate` output into ``{metric: {n_steps: {"mean", "ci95", "n"}}}``."""
+    """Turns :func:`evaluate` output into ``{metric: {n_steps: {"mean", "ci95", "n",
+    "nonfinite"}}}`` (see :func:`mean_ci95`)."""
     table: dict[str, dict[str, dict]] = {}
     for s, metrics in per_step.items():
         for name, values in metrics.items():

@@ -20,6 +20,7 @@ from metajax._src.distributed.processes import task_axis, task_split
 from metajax._src.experiment.baselines import lr_evaluator, pretrain, select_lr
 from metajax._src.experiment.checkpoint import Checkpointer
 from metajax._src.experiment.run_io import RunWriter
+from metajax._src.experiment.tables import format_cell
 from metajax._src.experiment.training import TrainResult, meta_train
 
 
@@ -403,8 +404,7 @@ def format_table(summary: dict) -> str:
     lines = ["| method | " + " | ".join(f"{s} steps" for s in steps) + " |",
              "|---" * (len(steps) + 1) + "|"]
     for method, row in results.items():
-        cells = [f"{row[s]['mean']:.3f} ± {row[s]['ci95']:.3f}" if s in row else "–"
-                 for s in steps]
+        cells = [format_cell(row[s]) if s in row else "–" for s in steps]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -416,6 +416,6 @@ def _flat_table(summary: dict) -> str:
                    and set(v) == set(results)})
     lines = ["| method | " + " | ".join(tables) + " |", "|---" * (len(tables) + 1) + "|"]
     for method in results:
-        cells = [f"{t[method]['mean']:.3f} ± {t[method]['ci95']:.3f}" for t in tables.values()]
+        cells = [format_cell(t[method]) for t in tables.values()]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from metajax._src.experiment.plots import plot_learning_curve
 from metajax._src.experiment.run_io import read_records
+from metajax._src.experiment.tables import format_cell
 
 
 def load_run(run_dir: str | os.PathLike) -> dict:
@@ -39,7 +40,7 @@ def comparison_table(runs: list[dict]) -> str:
     for run in runs:
         metric = run["summary"].get("metric", "loss")
         for method, row in run["summary"]["results"].items():
-            cells = [f"{row[s]['mean']:.4g} ± {row[s]['ci95']:.2g}" if s in row else "" for s in
+            cells = [format_cell(row[s], ".4g", ".2g") if s in row else "" for s in
                      steps]
             lines.append(f"| {run['name']} | {run['experiment']} | {method} | {metric} | "
                          + " | ".join(cells) + " |")

@@ -16,6 +16,7 @@ from metajax._src.core.adapt import LossFn
 from metajax._src.core.evaluate import make_evaluator, mean_ci95
 from metajax._src.core.loop import make_multi_step
 from metajax._src.core.types import MetaLearner, Params, TaskBatch
+from metajax._src.experiment.tables import format_cell
 
 
 class SweepProblem(NamedTuple):
@@ -140,8 +141,10 @@ def sweep_table(combos: list[dict], per_task: dict[str, np.ndarray], *, metric: 
         for j, s in enumerate(eval_steps):
             values = per_task[metric][idx, j, :]
             summary = mean_ci95(values)
-            seed_means = values.mean(axis=1)
+            finite = np.where(np.isfinite(values), values, np.nan)
+            seed_means = np.nanmean(finite, axis=1)  # each seed's mean over its finite tasks
             row[str(s)] = {"mean": summary.mean, "ci95": summary.ci95, "n": summary.n,
+                           "nonfinite": summary.nonfinite,
                            "seed_sd": float(seed_means.std(ddof=1)) if len(idx) > 1 else 0.0}
         rows.append(row)
     return rows
@@ -153,7 +156,7 @@ def format_sweep_table(rows: list[dict], *, eval_steps: Sequence[int]) -> str:
     head = "| " + " | ".join(keys) + " | seeds | " + " | ".join(f"{s} steps" for s in eval_steps)
     lines = [head + " |", "|---" * (len(keys) + 1 + len(eval_steps)) + "|"]
     for row in rows:
-        cells = [f"{row[str(s)]['mean']:.4g} ± {row[str(s)]['ci95']:.2g}" for s in eval_steps]
+        cells = [format_cell(row[str(s)], ".4g", ".2g") for s in eval_steps]
         lines.append("| " + " | ".join(str(row[k]) for k in keys) + f" | {row['seeds']} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)

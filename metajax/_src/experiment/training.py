@@ -130,6 +130,29 @@ def _place(state, key, step, sample, sample_args, *, mesh, shard_map):
     return key, step, sample, state, sample_args
 
 
+class NonFiniteLoss(FloatingPointError):
+    """The meta-training loss became non-finite at ``step``; ``kept`` says what checkpoint
+    remains to resume from."""
+
+    def __init__(self, step: int, value: float, kept: str = ""):
+        self.step, self.value, self.kept = step, value, kept
+        super().__init__(
+            f"Non-finite meta-training loss at step {step} (query loss after adaptation = "
+            f"{value}). {kept + ' ' if kept else ''}Try a smaller inner learning rate or outer "
+            "learning rate, or clip the meta-gradient (optax.clip_by_global_norm).")
+
+
+def _kept(checkpointer: Checkpointer | None) -> str:
+    """What a stopped run leaves to resume from."""
+    steps = checkpointer.steps() if checkpointer is not None else []
+    if steps:
+        return (f"The checkpoint of step {steps[-1]} (the last good state) is kept in "
+                f"{checkpointer.directory}.")
+    if checkpointer is not None:
+        return "No checkpoint had been written yet: a resumed run starts from the beginning."
+    return "No checkpoints were being written."
+
+
 class _Chunks:
     """Compiled chunks of ``n`` outer steps (one program per ``n``) and their checks."""
 
@@ -158,11 +181,7 @@ class _Chunks:
         loss = np.asarray(metrics["loss"])
         if not np.all(np.isfinite(loss)):
             bad = current + 1 + int(np.argmin(np.isfinite(loss)))
-            raise FloatingPointError(
-                f"Non-finite meta-training loss at step {bad} (query loss after adaptation = "
-                f"{loss[~np.isfinite(loss)][0]}); the last good checkpoint is kept. Try a "
-                "smaller inner learning rate or outer learning rate, or gradient clipping "
-                "(optax.clip_by_global_norm).")
+            raise NonFiniteLoss(bad, float(loss[~np.isfinite(loss)][0]))
 
 
 def _record(current: int, chunk_metrics: list[dict], steps: int, elapsed: float,
@@ -297,7 +316,10 @@ def meta_train(
                 n = min(steps_per_call, target - current)
                 new_state, metrics = chunks.run(n, state, key, sample_args)
                 metrics = host(metrics)
-                chunks.check(metrics, current)
+                try:
+                    chunks.check(metrics, current)
+                except NonFiniteLoss as err:
+                    raise NonFiniteLoss(err.step, err.value, _kept(checkpointer)) from None
                 state = new_state
                 progress_.train_seconds += time.perf_counter() - t_chunk
                 chunk_metrics.append({k: np.asarray(v).mean() * n for k, v in metrics.items()})
