@@ -300,6 +300,7 @@ def omniglot_part(out: Path, data: str | None, minutes: float, tiny: bool) -> di
 
     def run(name, steps, extra):
         cmd = [sys.executable, "-m", "metajax.cli", "run", "omniglot_maml", "--no-progress",
+               "--overwrite",
                "--out", str(out / name), "--set", f"data_root={root}",
                "--set", f"num_steps={steps}"]
         for o in paper + extra:

@@ -42,15 +42,19 @@ NOTEBOOK_CNP_NLL = {0: 1.581, 20_000: 0.671, 40_000: 0.211, 60_000: 0.109, 80_00
 
 def command(run: str, out: Path, resume: bool) -> list[str]:
     experiment, overrides = RUNS[run]
-    cmd = [sys.executable, "-m", "metajax.cli", "run", experiment, "--out", str(out),
-           "--no-progress"]
+    base = [sys.executable, "-m", "metajax.cli", "run", experiment]
+    if resume:  # the run's own config.json: no --out or --set
+        return base + ["--resume", str(out), "--no-progress"]
+    cmd = base + ["--out", str(out), "--no-progress"]
+    if (out / "summary.json").exists():  # a finished run is replaced
+        cmd.append("--overwrite")
     for o in overrides:
         cmd += ["--set", o]
-    return cmd + (["--resume"] if resume else [])
+    return cmd
 
 
 def shown(cmd: list[str]) -> str:
-    return "metajax " + " ".join(c for c in cmd[3:] if c != "--no-progress")
+    return "metajax " + " ".join(c for c in cmd[3:] if c not in ("--no-progress", "--overwrite"))
 
 
 def versions() -> str:
@@ -178,8 +182,8 @@ def main() -> None:
     if not args.report:
         for run in args.runs:
             out = args.out / run
-            subprocess.run(command(run, out, args.resume or (out / "checkpoints").exists()),
-                           check=True)
+            unfinished = (out / "checkpoints").exists() and not (out / "summary.json").exists()
+            subprocess.run(command(run, out, args.resume or unfinished), check=True)
             shutil.copy(out / "summary.json", RESULTS / f"{run}.summary.json")
     done = {run: args.out / run for run in RUNS if (args.out / run / "summary.json").exists()}
     (RESULTS / "neural_processes.md").write_text(report(done, commands))

@@ -38,7 +38,7 @@ def run_seed(seed: int, out: Path) -> float:
     """Runs one seed through the CLI; returns its wall time in seconds."""
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "metajax.cli", "run", "sinusoid_maml", "--set",
-                    f"seed={seed}", "--out", str(out), "--no-progress"], check=True)
+                    f"seed={seed}", "--out", str(out), "--no-progress", "--overwrite"], check=True)
     return time.perf_counter() - t0
 
 

@@ -53,7 +53,8 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "metajax.cli", "run", f"sinusoid_{method}",
-                               "--out", str(run), "--no-progress"], capture_output=True,
+                               "--out", str(run), "--no-progress", "--overwrite"],
+                              capture_output=True,
                               text=True)
         walls[method] = time.perf_counter() - t0
         (run / "stderr.log").write_text(proc.stderr[-20000:])
