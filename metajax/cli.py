@@ -307,7 +307,7 @@ def _cmd_run(args) -> int:
               f"{summary.get('num_test_tasks', '?')} tasks):")
         print(format_table(summary))
         if isinstance(summary.get("paired"), dict) and summary["paired"]:
-            from metajax._src.experiment.lopt_run import format_paired
+            from metajax.experiment import format_paired
 
             print("\nThe learned optimizer against each baseline, task by task: final loss "
                   "learned - baseline (mean ± 95% CI), log10(learned / baseline), and the "

@@ -17,6 +17,7 @@ from metajax._src.experiment.comparison import (
     format_table,
     run_pretraining,
 )
+from metajax._src.experiment.config import ConfigError
 from metajax._src.experiment.cross_domain import (
     advantage_retained,
     cross_domain_report,
@@ -30,7 +31,13 @@ from metajax._src.experiment.fewshot import (
     mlp_embedding,
     run_fewshot,
 )
-from metajax._src.experiment.lopt_run import LOptConfig, run_lopt, tune_baselines
+from metajax._src.experiment.lopt_run import (
+    LOptConfig,
+    format_paired,
+    paired_comparison,
+    run_lopt,
+    tune_baselines,
+)
 from metajax._src.experiment.omniglot_run import (
     OmniglotConfig,
     OmniglotGradientConfig,
@@ -66,8 +73,11 @@ from metajax._src.experiment.sweep import (
 from metajax._src.experiment.training import Interrupted, TrainResult, meta_train
 
 __all__ = [
+    "ConfigError",
     "GPProcessConfig",
     "LOptConfig",
+    "format_paired",
+    "paired_comparison",
     "run_lopt",
     "tune_baselines",
     "HeldOut",

@@ -84,3 +84,20 @@ def test_bad_choices_are_named_before_work_starts(tmp_path, capsys):
         capsys.readouterr().err)
     assert _run("lopt_quadratics", tmp_path / "b", TINY + ["truncation=3"]) == 2
     assert "`truncation` (3) must divide `num_steps` (4)" in capsys.readouterr().err
+
+
+def test_lopt_omniglot_mlp_trains_on_omniglot_images(tmp_path, capsys):
+    # the official zip layout with random images: the experiment's data path end to end
+    from omniglot_data import write_fake_omniglot
+
+    write_fake_omniglot(tmp_path / "data")
+    data = [f"data_root={tmp_path / 'data'}", f"cache_dir={tmp_path / 'cache'}", "n_classes=3",
+            "batch_size=8", "mlp_hidden=4"]
+    assert _run("lopt_omniglot_mlp", tmp_path / "run", TINY + data) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert set(summary["final_test_loss"]) == {"mlp", "sgd", "momentum", "adam"}
+    assert "optimum" not in summary["results"]
+    capsys.readouterr()
+    assert _run("lopt_omniglot_mlp", tmp_path / "bad", TINY + data[:2]
+                + ["n_classes=3", "batch_size=100"]) == 2
+    assert "`batch_size` must be in [1, 15 * n_classes = 45]" in capsys.readouterr().err
