@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from metajax import lopt
-from metajax.experiment import LOptConfig, run_lopt
+from metajax.experiment import Count, LOptConfig, Size, run_lopt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,8 +19,8 @@ class Config(LOptConfig):
     mean training loss as the meta-objective, 3,000 outer steps (about 15 minutes of training
     on 2 CPU cores)."""
 
-    mlp_hidden: tuple[int, ...] = (32,)
-    batch_size: int = 128
+    mlp_hidden: Size = (32,)
+    batch_size: Count = 128
     meta_loss: str = "mean"
     n_tasks: int = 8
     outer_steps: int = 3_000

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
 from metajax import lopt
-from metajax.experiment import ConfigError, LOptConfig, run_lopt
+from metajax.experiment import ConfigError, Count, LOptConfig, Rule, Size, run_lopt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,23 +23,20 @@ class Config(LOptConfig):
     layers, mini-batches of 128; each task is a fresh initialisation; 100 inner steps,
     truncations of 20, mean training loss as the meta-objective."""
 
-    n_classes: int = 50
-    mlp_hidden: tuple[int, ...] = (64,)
-    batch_size: int = 128
+    n_classes: Annotated[int, Rule(low=2, high=964)] = 50  # of the 964 background characters
+    mlp_hidden: Size = (64,)
+    batch_size: Count = 128
     meta_loss: str = "mean"
     n_tasks: int = 8
     outer_steps: int = 2_000
     data_root: str = ""  # directory holding omniglot/; "" = $METAJAX_DATA
     cache_dir: str = ""  # decoded-image cache; "" = next to the data, else ~/.cache/metajax
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not 2 <= self.n_classes <= 964:
-            raise ConfigError(f"`n_classes` must be in [2, 964] (the background characters); "
-                              f"got {self.n_classes}.")
-        if not 1 <= self.batch_size <= 15 * self.n_classes:
-            raise ConfigError(f"`batch_size` must be in [1, 15 * n_classes = "
-                              f"{15 * self.n_classes}] (the training images); got "
+    def validate(self):
+        super().validate()
+        if self.batch_size > 15 * self.n_classes:
+            raise ConfigError(f"batch_size: expected at most 15 * n_classes = "
+                              f"{15 * self.n_classes} (the training images); got "
                               f"{self.batch_size}.")
 
 

@@ -17,7 +17,18 @@ from metajax._src.experiment.comparison import (
     format_table,
     run_pretraining,
 )
-from metajax._src.experiment.config import ConfigError
+from metajax._src.experiment.config import (
+    ConfigError,
+    Count,
+    PositiveRate,
+    Rate,
+    Rates,
+    Rule,
+    Size,
+    Steps,
+    one_of,
+    validate_config,
+)
 from metajax._src.experiment.cross_domain import (
     advantage_retained,
     cross_domain_report,
@@ -74,6 +85,15 @@ from metajax._src.experiment.training import Interrupted, TrainResult, meta_trai
 
 __all__ = [
     "ConfigError",
+    "Count",
+    "PositiveRate",
+    "Rate",
+    "Rates",
+    "Rule",
+    "Size",
+    "Steps",
+    "one_of",
+    "validate_config",
     "GPProcessConfig",
     "LOptConfig",
     "format_paired",

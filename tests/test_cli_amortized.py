@@ -54,4 +54,4 @@ def test_sinusoid_cnp_reports_cnp_beside_maml_on_the_same_tasks(tmp_path, capsys
 
 def test_bad_model_name_is_a_clear_error_before_work_starts(tmp_path, capsys):
     assert _run("gp_cnp", tmp_path / "run", GP + ["model=gp"]) == 2
-    assert "`model` must be one of ('cnp', 'np', 'anp'); got 'gp'" in capsys.readouterr().err
+    assert "model: expected one of ('cnp', 'np', 'anp'); got 'gp'" in capsys.readouterr().err

@@ -80,10 +80,10 @@ def test_a_continued_run_equals_an_uninterrupted_one(tmp_path):
 
 def test_bad_choices_are_named_before_work_starts(tmp_path, capsys):
     assert _run("lopt_quadratics", tmp_path / "a", TINY + ["estimator=sgd"]) == 2
-    assert "`estimator` must be one of ('tbptt', 'es', 'pes'); got 'sgd'" in (
+    assert "estimator: expected one of ('tbptt', 'es', 'pes'); got 'sgd'" in (
         capsys.readouterr().err)
     assert _run("lopt_quadratics", tmp_path / "b", TINY + ["truncation=3"]) == 2
-    assert "`truncation` (3) must divide `num_steps` (4)" in capsys.readouterr().err
+    assert "truncation: expected a divisor of num_steps (4); got 3" in capsys.readouterr().err
 
 
 def test_lopt_omniglot_mlp_trains_on_omniglot_images(tmp_path, capsys):
@@ -100,4 +100,5 @@ def test_lopt_omniglot_mlp_trains_on_omniglot_images(tmp_path, capsys):
     capsys.readouterr()
     assert _run("lopt_omniglot_mlp", tmp_path / "bad", TINY + data[:2]
                 + ["n_classes=3", "batch_size=100"]) == 2
-    assert "`batch_size` must be in [1, 15 * n_classes = 45]" in capsys.readouterr().err
+    assert "batch_size: expected at most 15 * n_classes = 45 (the training images); got 100" in (
+        capsys.readouterr().err)

@@ -134,13 +134,19 @@ def test_cli_sweep_in_processes_reports_bad_input_and_failed_runs(tmp_path, caps
     assert "add --sequential" in capsys.readouterr().err
     assert cli.main([*vmappable, "--sequential", "--processes", "0"]) == 2
     assert "must be >= 1" in capsys.readouterr().err
-    # A run that fails (meta_batch=0 is refused when the run starts): named, with its log.
+    # a bad config is refused before any run starts
     assert cli.main(["sweep", "sinusoid_maml", "--grid", "inner_lr=0.001,0.01", "--no-progress",
                      "--out", str(tmp_path / "b"), *TINY, *SEQUENTIAL, "--set", "meta_batch=0",
-                     "--processes", "2"]) == 1
+                     "--processes", "2"]) == 2
+    assert "meta_batch: expected an int >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    # A run that fails (its loss diverges): named, with its log.
+    assert cli.main(["sweep", "sinusoid_maml", "--grid", "inner_lr=1e30,1e31", "--no-progress",
+                     "--out", str(tmp_path / "c"), *TINY, *SEQUENTIAL, "--processes", "2"]) == 1
     err = capsys.readouterr().err
     assert "run 0 exited with" in err and "run000/run.log" in err
-    assert "must be an int >= 1" in (tmp_path / "b" / "runs" / "run000" / "run.log").read_text()
+    assert "non-finite meta-training loss" in (
+        tmp_path / "c" / "runs" / "run000" / "run.log").read_text()
 
 
 @pytest.mark.slow

@@ -20,6 +20,18 @@ from metajax._src.core.loop import Sampler
 from metajax._src.core.types import MetaLearner, Params, TaskBatch, num_tasks
 from metajax._src.distributed.processes import task_split
 from metajax._src.experiment import plots
+from metajax._src.experiment.config import (
+    ConfigError,
+    Count,
+    MetaBatch,
+    PositiveRate,
+    Rates,
+    Size,
+    Steps,
+    TestTasks,
+    Way,
+    validate_config,
+)
 from metajax._src.experiment.run_io import RunWriter, read_records
 from metajax._src.experiment.training import TrainResult, meta_train
 from metajax._src.metric.finetune import finetune_head
@@ -37,24 +49,33 @@ class FewShotConfig:
     """
 
     seed: int = 0
-    num_steps: int = 2_000
-    meta_batch: int = 16
-    n_way: int = 5
-    k_shot: int = 1
-    n_query: int = 15
-    dim: int = 32
-    n_informative: int = 8
-    hidden: tuple[int, ...] = (64,)
-    embed_dim: int = 32
-    outer_lr: float = 1e-3
-    test_tasks: int = 1000
-    val_tasks: int = 200
-    val_every: int = 500
-    log_every: int = 250
-    steps_per_call: int = 250
-    finetune_steps: int = 100
-    finetune_lrs: tuple[float, ...] = (0.01, 0.1, 1.0)
-    finetune_scale: float = 10.0
+    num_steps: Steps = 2_000
+    meta_batch: MetaBatch = 16
+    n_way: Way = 5
+    k_shot: Count = 1
+    n_query: Count = 15
+    dim: Count = 32
+    n_informative: Count = 8
+    hidden: Size = (64,)
+    embed_dim: Count = 32
+    outer_lr: PositiveRate = 1e-3
+    test_tasks: TestTasks = 1000
+    val_tasks: Count = 200
+    val_every: Steps = 500
+    log_every: Steps = 250
+    steps_per_call: Steps = 250
+    finetune_steps: Steps = 100
+    finetune_lrs: Rates = (0.01, 0.1, 1.0)
+    finetune_scale: PositiveRate = 10.0
+
+    def __post_init__(self):
+        validate_config(self)
+
+    def validate(self):
+        """Rules across fields (the fields' own are in their annotations)."""
+        if self.n_informative > self.dim:
+            raise ConfigError(f"n_informative: expected at most dim ({self.dim}); got "
+                              f"{self.n_informative}.")
 
 
 def mlp_embedding(config: FewShotConfig) -> tuple[EmbedFn, Callable[[jax.Array], Params]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,19 @@ import optax
 
 from metajax._src.core.evaluate import mean_ci95
 from metajax._src.experiment import plots
-from metajax._src.experiment.config import ConfigError
+from metajax._src.experiment.config import (
+    ConfigError,
+    Count,
+    PositiveRate,
+    Rate,
+    Rates,
+    Rule,
+    Size,
+    Steps,
+    TestTasks,
+    one_of,
+    validate_config,
+)
 from metajax._src.experiment.run_io import RunWriter, read_records
 from metajax._src.experiment.training import meta_train
 from metajax._src.lopt.estimators import evolution_strategies, pes, truncated_backprop
@@ -52,38 +65,34 @@ class LOptConfig:
     """
 
     seed: int = 0
-    optimizer: str = "mlp"
-    estimator: str = "tbptt"
-    meta_loss: str = "mean_log"
-    num_steps: int = 100
-    truncation: int = 20
-    n_tasks: int = 16
-    outer_steps: int = 2_000
-    outer_lr: float = 1e-3
-    clip_grad_norm: float = 1.0
-    es_std: float = 0.01
-    hidden: tuple[int, ...] = (32, 32)
-    num_knots: int = 10
-    val_tasks: int = 64
-    test_tasks: int = 256
-    baseline_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
-    horizons: tuple[int, ...] = (1, 2, 10)
-    log_every: int = 100
-    val_every: int = 500
-    steps_per_call: int = 50
+    optimizer: one_of(*OPTIMIZERS) = "mlp"
+    estimator: one_of(*ESTIMATORS) = "tbptt"
+    meta_loss: one_of(*META_LOSSES) = "mean_log"
+    num_steps: Steps = 100
+    truncation: Steps = 20
+    n_tasks: Count = 16
+    outer_steps: Steps = 2_000
+    outer_lr: PositiveRate = 1e-3
+    clip_grad_norm: Rate = 1.0
+    es_std: PositiveRate = 0.01
+    hidden: Size = (32, 32)
+    num_knots: Count = 10
+    val_tasks: Count = 64
+    test_tasks: TestTasks = 256
+    baseline_lrs: Rates = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
+    horizons: Annotated[tuple[int, ...], Rule(low=1, high=10**4)] = (1, 2, 10)
+    log_every: Steps = 100
+    val_every: Steps = 500
+    steps_per_call: Steps = 50
 
     def __post_init__(self):
-        for name, allowed in (("optimizer", OPTIMIZERS), ("estimator", ESTIMATORS),
-                              ("meta_loss", tuple(META_LOSSES))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"`{name}` must be one of {allowed}; got "
-                                  f"{getattr(self, name)!r}.")
+        validate_config(self)
+
+    def validate(self):
+        """Rules across fields (the fields' own are in their annotations)."""
         if self.truncation > self.num_steps or self.num_steps % self.truncation:
-            raise ConfigError(f"`truncation` ({self.truncation}) must divide `num_steps` "
-                              f"({self.num_steps}).")
-        if not self.horizons or min(self.horizons) < 1:
-            raise ConfigError(f"`horizons` must be multiples >= 1 of num_steps; got "
-                              f"{self.horizons!r}.")
+            raise ConfigError(f"truncation: expected a divisor of num_steps "
+                              f"({self.num_steps}); got {self.truncation}.")
 
 
 def learned_optimizer(config: LOptConfig):

@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,22 @@ from metajax._src.experiment.comparison import (
     pretraining_key,
     run_pretraining,
 )
+from metajax._src.experiment.config import (
+    ConfigError,
+    Count,
+    MetaBatch,
+    NonNegative,
+    PositiveRate,
+    Rate,
+    Rates,
+    Rule,
+    StepCounts,
+    Steps,
+    TestTasks,
+    Way,
+    one_of,
+    validate_config,
+)
 from metajax._src.experiment.cross_domain import cross_domain_report
 from metajax._src.experiment.fewshot import (
     compare_metric_learner,
@@ -58,6 +74,10 @@ from metajax.models import Conv4, linen_apply
 
 IMAGE_SIZE = 28
 SPLITS = ("vinyals", "maml")
+
+
+IMAGES_PER_CLASS = 20  # drawings of each Omniglot character
+TEST_CHARACTERS = 423  # the test characters of both the Vinyals and the MAML split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,33 +106,49 @@ class OmniglotConfig:
     seed: int = 0
     data_root: str = ""  # directory holding omniglot/; "" = $METAJAX_DATA
     cache_dir: str = ""  # decoded-image cache; "" = next to the data, else ~/.cache/metajax
-    split: str = "vinyals"  # "vinyals" (rotations as classes) or "maml" (random task rotations)
-    n_way: int = 5
-    k_shot: int = 1
-    n_query: int = 15  # query examples per class in training episodes
-    eval_n_query: int = 15  # ... in validation, test and cross-domain episodes
-    num_steps: int = 600
-    meta_batch: int = 4
-    outer_lr: float = 1e-3
-    features: int = 32
+    # "vinyals" (rotations as classes) or "maml" (random task rotations)
+    split: one_of("vinyals", "maml") = "vinyals"
+    n_way: Way = 5
+    k_shot: Count = 1
+    n_query: Count = 15  # query examples per class in training episodes
+    eval_n_query: Count = 15  # ... in validation, test and cross-domain episodes
+    num_steps: Steps = 600
+    meta_batch: MetaBatch = 4
+    outer_lr: PositiveRate = 1e-3
+    features: Count = 32
     strided: bool = True
-    test_tasks: int = 600
-    val_tasks: int = 100
-    val_every: int = 200
-    log_every: int = 50
-    steps_per_call: int = 1
+    test_tasks: TestTasks = 600
+    val_tasks: Count = 100
+    val_every: Steps = 200
+    log_every: Steps = 50
+    steps_per_call: Steps = 1
     unroll: bool = True
-    eval_chunk: int = 2  # episodes per compiled evaluation call
+    eval_chunk: Count = 2  # episodes per compiled evaluation call
     cross_domain: bool = True  # also evaluate on digits episodes (needs scikit-learn)
-    cross_domain_way: int = 5
-    cross_domain_tasks: int = 600
+    cross_domain_way: Annotated[int, Rule(low=2, high=10)] = 5
+    cross_domain_tasks: TestTasks = 600
     # Chen et al.'s Baseline (every Omniglot run): a Conv4 pre-trained on global labels.
-    pretrain_steps: int = 6_000  # ~4.7 epochs of the 82k Vinyals training images at batch 64
-    pretrain_batch: int = 64
-    pretrain_lr: float = 1e-3
-    baseline_head_steps: int = 100
-    baseline_head_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    pretrain_steps: NonNegative = 6_000  # ~4.7 epochs of the 82k Vinyals images at batch 64
+    pretrain_batch: Count = 64
+    pretrain_lr: PositiveRate = 1e-3
+    baseline_head_steps: Steps = 100
+    baseline_head_lrs: Rates = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
     pretrain_cache: str = ""  # keep the pre-trained Conv4 here for reuse; "" = train every run
+
+    def __post_init__(self):
+        validate_config(self)
+
+    def validate(self):
+        """Rules across fields (the fields' own are in their annotations)."""
+        for name in ("n_query", "eval_n_query"):
+            if self.k_shot + getattr(self, name) > IMAGES_PER_CLASS:
+                raise ConfigError(
+                    f"{name}: expected k_shot + {name} <= {IMAGES_PER_CLASS} (the images of an "
+                    f"Omniglot character); got {self.k_shot} + {getattr(self, name)}.")
+        test_classes = TEST_CHARACTERS * (4 if self.split == "vinyals" else 1)
+        if self.n_way > test_classes:
+            raise ConfigError(f"n_way: expected at most {test_classes} (the test classes of the "
+                              f"{self.split!r} split); got {self.n_way}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,10 +162,10 @@ class OmniglotGradientConfig(OmniglotConfig):
     ``baseline_lrs`` best on the validation episodes.
     """
 
-    inner_steps: int = 1
-    inner_lr: float = 0.4
-    eval_steps: tuple[int, ...] = (1, 3)
-    baseline_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.4, 1.0)
+    inner_steps: Steps = 1
+    inner_lr: Rate = 0.4
+    eval_steps: StepCounts = (1, 3)
+    baseline_lrs: Rates = (0.001, 0.003, 0.01, 0.03, 0.1, 0.4, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,10 +177,10 @@ class OmniglotMetricConfig(OmniglotConfig):
     ``finetune_steps`` steps at the step size from ``finetune_lrs`` best on validation.
     """
 
-    train_way: int = 60
-    finetune_steps: int = 100
-    finetune_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-    finetune_scale: float = 10.0
+    train_way: Way = 60
+    finetune_steps: Steps = 100
+    finetune_lrs: Rates = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    finetune_scale: PositiveRate = 10.0
 
 
 def omniglot_splits(config: OmniglotConfig) -> FewShotSplits:

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,20 @@ from metajax._src.core.types import TaskBatch
 from metajax._src.distributed.processes import task_axis
 from metajax._src.experiment import plots
 from metajax._src.experiment.baselines import adam_with_clipping
-from metajax._src.experiment.config import ConfigError
+from metajax._src.experiment.config import (
+    ConfigError,
+    Count,
+    NonNegative,
+    PositiveRate,
+    Rate,
+    Rates,
+    Rule,
+    Size,
+    Steps,
+    TestTasks,
+    one_of,
+    validate_config,
+)
 from metajax._src.experiment.run_io import RunWriter, read_records
 from metajax._src.experiment.training import meta_train
 from metajax._src.tasks.gp import GPKernel, gp_curves, gp_posterior
@@ -52,27 +65,27 @@ class ProcessConfig:
     """
 
     seed: int = 0
-    model: str = "cnp"
-    num_steps: int = 40_000
-    batch: int = 64
-    lr: float = 1e-4
-    clip_grad_norm: float = 0.0
-    encoder: tuple[int, ...] = (128, 128, 128, 128)
-    decoder: tuple[int, ...] = (128, 128)
-    latent_dim: int = 128
-    self_attention: int = 2  # self-attention layers in the ANP's encoders
-    num_heads: int = 8
-    num_samples: int = 32  # latent draws per held-out task (latent models)
-    test_tasks: int = 3000
-    val_tasks: int = 256
-    val_every: int = 2_000
-    log_every: int = 1_000
-    steps_per_call: int = 500
-    plot_tasks: int = 4
+    model: one_of(*MODELS) = "cnp"
+    num_steps: Steps = 40_000
+    batch: Count = 64
+    lr: PositiveRate = 1e-4
+    clip_grad_norm: Rate = 0.0
+    encoder: Size = (128, 128, 128, 128)
+    decoder: Size = (128, 128)
+    latent_dim: Count = 128
+    # self-attention layers in the ANP's encoders
+    self_attention: Annotated[int, Rule(low=0, high=64)] = 2
+    num_heads: Count = 8
+    num_samples: Count = 32  # latent draws per held-out task (latent models)
+    test_tasks: TestTasks = 3000
+    val_tasks: Count = 256
+    val_every: Steps = 2_000
+    log_every: Steps = 1_000
+    steps_per_call: Steps = 500
+    plot_tasks: NonNegative = 4
 
     def __post_init__(self):
-        if self.model not in MODELS:
-            raise ConfigError(f"`model` must be one of {MODELS}; got {self.model!r}.")
+        validate_config(self)
 
 
 class HeldOut(NamedTuple):
@@ -242,14 +255,26 @@ class GPProcessConfig(ProcessConfig):
     value fixes the kernel; two give the range it is drawn from per task. Held-out tasks
     observe ``grid`` evenly spaced points of [-2, 2], all of them targets."""
 
-    min_context: int = 3
-    max_context: int = 10
-    min_extra_targets: int = 2
-    max_extra_targets: int = 10
-    lengthscale: tuple[float, ...] = (0.4,)
-    sigma_f: tuple[float, ...] = (1.0,)
-    noise: float = 0.02
-    grid: int = 400
+    min_context: Count = 3
+    max_context: Count = 10
+    min_extra_targets: NonNegative = 2
+    max_extra_targets: NonNegative = 10
+    lengthscale: Rates = (0.4,)
+    sigma_f: Rates = (1.0,)
+    noise: Rate = 0.02
+    grid: Count = 400
+
+    def validate(self):
+        """Rules across fields (the fields' own are in their annotations)."""
+        for low, high in (("min_context", "max_context"),
+                          ("min_extra_targets", "max_extra_targets")):
+            if getattr(self, low) > getattr(self, high):
+                raise ConfigError(f"{low}: expected at most {high} ({getattr(self, high)}); got "
+                                  f"{getattr(self, low)}.")
+        for name in ("lengthscale", "sigma_f"):
+            if len(getattr(self, name)) not in (1, 2):
+                raise ConfigError(f"{name}: expected one value (fixed) or two (a per-task "
+                                  f"range); got {getattr(self, name)!r}.")
 
 
 def _hyper(name: str, values: tuple[float, ...]):

@@ -16,6 +16,21 @@ from metajax._src.core.adapt import adapt
 from metajax._src.core.types import Adaptation, MetaLearner, Params, adaptation_of
 from metajax._src.experiment import plots
 from metajax._src.experiment.comparison import compare_with_baselines
+from metajax._src.experiment.config import (
+    ConfigError,
+    Count,
+    MetaBatch,
+    NonNegative,
+    PositiveRate,
+    Rate,
+    Rates,
+    Size,
+    StepCounts,
+    Steps,
+    TestTasks,
+    one_of,
+    validate_config,
+)
 from metajax._src.experiment.run_io import RunWriter, read_records
 from metajax._src.tasks.sinusoid import sinusoid, sinusoid_curve
 from metajax._src.tasks.streams import split_key
@@ -34,26 +49,35 @@ class SinusoidConfig:
     """
 
     seed: int = 0
-    num_steps: int = 70_000
-    meta_batch: int = 25
-    k_shot: int = 10
-    n_query: int = 10
-    inner_steps: int = 1
-    inner_lr: float = 0.01
-    outer_lr: float = 1e-3
-    hidden: tuple[int, ...] = (40, 40)
-    eval_k_shot: int = 5
-    eval_n_query: int = 100
-    eval_steps: tuple[int, ...] = (1, 5, 10)
-    test_tasks: int = 1000
-    val_tasks: int = 300
-    val_every: int = 5_000
-    log_every: int = 1_000
-    steps_per_call: int = 1_000
-    pretrain_steps: int = 70_000
-    baseline_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)
-    plot_tasks: int = 4
-    activation: str = "relu"  # the MLP's nonlinearity: one of ACTIVATIONS
+    num_steps: Steps = 70_000
+    meta_batch: MetaBatch = 25
+    k_shot: Count = 10
+    n_query: Count = 10
+    inner_steps: Steps = 1
+    inner_lr: Rate = 0.01
+    outer_lr: PositiveRate = 1e-3
+    hidden: Size = (40, 40)
+    eval_k_shot: Count = 5
+    eval_n_query: Count = 100
+    eval_steps: StepCounts = (1, 5, 10)
+    test_tasks: TestTasks = 1000
+    val_tasks: Count = 300
+    val_every: Steps = 5_000
+    log_every: Steps = 1_000
+    steps_per_call: Steps = 1_000
+    pretrain_steps: NonNegative = 70_000
+    baseline_lrs: Rates = (0.001, 0.003, 0.01, 0.03, 0.1)
+    plot_tasks: NonNegative = 4
+    activation: one_of("relu", "tanh") = "relu"  # the MLP's nonlinearity: one of ACTIVATIONS
+
+    def __post_init__(self):
+        validate_config(self)
+
+    def validate(self):
+        """Rules across fields (the fields' own are in their annotations)."""
+        if self.plot_tasks > self.test_tasks:
+            raise ConfigError(f"plot_tasks: expected at most test_tasks ({self.test_tasks}); "
+                              f"got {self.plot_tasks}.")
 
 
 def sinusoid_mlp(config: SinusoidConfig) -> tuple[MLP, Callable, Callable, Callable]:
