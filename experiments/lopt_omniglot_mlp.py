@@ -30,7 +30,7 @@ class Config(LOptConfig):
     n_tasks: int = 8
     outer_steps: int = 2_000
     data_root: str = ""  # directory holding omniglot/; "" = $METAJAX_DATA
-    cache_dir: str = ""  # decoded-image cache; "" = next to the data, else ~/.cache/metajax
+    cache_dir: str = ""  # decoded-image cache; "" = $METAJAX_CACHE or ~/.cache/metajax
 
     def validate(self):
         super().validate()

@@ -6,6 +6,12 @@ import jax
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _dataset_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Decoded-dataset caches go to a temporary folder, never to the user's ~/.cache."""
+    monkeypatch.setenv("METAJAX_CACHE", str(tmp_path_factory.getbasetemp() / "metajax_cache"))
+
+
 @pytest.fixture
 def x64():
     """Runs one test with 64-bit floats enabled, restoring the previous setting afterwards.

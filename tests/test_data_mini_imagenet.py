@@ -37,8 +37,9 @@ def mini(tmp_path):
     return root, splits_dir
 
 
-def test_loads_resizes_and_caches(mini, monkeypatch):
+def test_loads_resizes_and_caches(mini, monkeypatch, tmp_path):
     root, splits_dir = mini
+    monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))
     splits = data.mini_imagenet(root, splits_dir, splits=("train", "test"))
     assert splits.val is None
     assert splits.train.images.shape == (2, 4, 84, 84, 3)
@@ -48,7 +49,8 @@ def test_loads_resizes_and_caches(mini, monkeypatch):
     with Image.open(root / "images" / "n0200000003.png") as im:
         expected = np.asarray(im.convert("RGB").resize((84, 84), Image.LANCZOS))
     np.testing.assert_array_equal(splits.train.images[1, 3], expected)
-    caches = sorted(p.name for p in root.glob("mini_imagenet_*.npz"))
+    assert not list(root.glob("mini_imagenet_*.npz"))  # the data folder is not written
+    caches = sorted(p.name for p in (tmp_path / "cache").glob("mini_imagenet_*.npz"))
     assert len(caches) == 2 and caches[0].startswith("mini_imagenet_test_84px_")
 
     def fail(*args, **kwargs):

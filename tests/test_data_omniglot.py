@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,13 +95,14 @@ def test_real_split_file_with_missing_character_names_it(real, tmp_path):
 
 # --- fake zips (no real data needed) ---------------------------------------------------------
 
-def test_fake_zips_load_in_order_and_cache_next_to_data(fake_root):
+def test_fake_zips_load_in_order_and_cache_in_the_cache_dir(fake_root):
     chars = data.load_omniglot_characters(fake_root)
     assert chars.names == ("Alpha/character01", "Alpha/character02", "Beta/character01",
                            "Gamma/character01", "Gamma/character02")
     assert chars.n_background == 3 and chars.images.shape == (5, 20, 28, 28)
-    cache_file = fake_root / "omniglot" / "omniglot_28x28.npz"
-    assert chars.cache_path == str(cache_file) and cache_file.is_file()
+    cache_file = Path(chars.cache_path)
+    assert cache_file.parent == data_cache.user_cache_dir() and cache_file.is_file()
+    assert cache_file.name.startswith("omniglot_28x28-")
     assert [p.name for p in cache_file.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 
@@ -191,10 +193,22 @@ def test_unwritable_cache_warns_and_still_loads(fake_root, tmp_path):
     assert chars.cache_path is None and chars.images.shape == (5, 20, 28, 28)
 
 
-def test_cache_candidates_prefer_data_dir_then_user_dir(tmp_path):
+def test_cache_candidates_read_a_cache_by_the_data_write_the_user_dir(tmp_path):
     first, second = data_cache.cache_candidates("x.npz", data_dir=tmp_path, cache_dir=None)
     assert first == tmp_path / "x.npz"
     assert second.parent == data_cache.user_cache_dir() and second.name.startswith("x-")
+
+
+def test_the_data_folder_is_never_written(fake_root, tmp_path, monkeypatch):
+    # even when it is writable (as for root): the cache goes to $METAJAX_CACHE
+    monkeypatch.setenv("METAJAX_CACHE", str(tmp_path / "cache"))
+    before = sorted(p.name for p in (fake_root / "omniglot").rglob("*"))
+    chars = data.load_omniglot_characters(fake_root)
+    assert sorted(p.name for p in (fake_root / "omniglot").rglob("*")) == before
+    assert chars.cache_path.startswith(str(tmp_path / "cache"))
+    again = data.load_omniglot_characters(fake_root)  # read back from there
+    assert again.cache_path == chars.cache_path
+    np.testing.assert_array_equal(again.images, chars.images)
     assert data_cache.cache_candidates("x.npz", data_dir=tmp_path, cache_dir="/c") == [
         data_cache.Path("/c/x.npz")]
 

@@ -18,8 +18,12 @@ _META = "__meta__"
 
 
 def user_cache_dir() -> Path:
-    """The per-user cache directory, ``~/.cache/metajax``."""
-    return Path.home() / ".cache" / "metajax"
+    """The per-user cache directory: ``$METAJAX_CACHE`` if set, else ``$XDG_CACHE_HOME/metajax``
+    or ``~/.cache/metajax``."""
+    if os.environ.get("METAJAX_CACHE"):
+        return Path(os.environ["METAJAX_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "metajax"
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
@@ -33,11 +37,13 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
 
 def cache_candidates(filename: str, *, data_dir: Path, cache_dir: str | os.PathLike | None
                      ) -> list[Path]:
-    """Where a cache file may live, in order of preference.
+    """Where a cache file may be read from, in order of preference; the last is written.
 
-    With an explicit ``cache_dir`` only ``cache_dir/filename``; otherwise next to the data
-    (``data_dir/filename``) and then in :func:`user_cache_dir`, under a name that includes a
-    hash of ``data_dir`` so that two data roots never share a cache file.
+    With an explicit ``cache_dir`` only ``cache_dir/filename``. Otherwise the user's cache
+    directory (:func:`user_cache_dir`), under a name that includes a hash of ``data_dir`` so
+    that two data roots never share a cache file, read after a cache already next to the
+    data (``data_dir/filename``, which metajax reads but never writes: a data folder is not
+    its to change).
     """
     if cache_dir is not None:
         return [Path(cache_dir) / filename]
@@ -131,13 +137,12 @@ def load_or_build(
             if arrays is not None:
                 return arrays, path
     arrays = build()
-    errors = []
-    for path in candidates:
-        try:
-            write_cache(path, arrays, fingerprint)
-            return arrays, path
-        except OSError as err:
-            errors.append(f"{path}: {err}")
-    warnings.warn("Could not write the dataset cache to any of: " + "; ".join(errors) +
-                  ". The data will be decoded again next time.", RuntimeWarning, stacklevel=2)
+    path = candidates[-1]  # the cache directory, never the data folder
+    try:
+        write_cache(path, arrays, fingerprint)
+        return arrays, path
+    except OSError as err:
+        warnings.warn(f"Could not write the dataset cache {path} ({err}); set METAJAX_CACHE or "
+                      "cache_dir to a writable folder. The data will be decoded again next "
+                      "time.", RuntimeWarning, stacklevel=2)
     return arrays, None

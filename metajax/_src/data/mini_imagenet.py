@@ -122,9 +122,10 @@ def mini_imagenet(
     when there is no ``images/`` folder), converted to RGB and resized to ``image_size``
     squared with Lanczos resampling (as Ravi & Larochelle's script). Classes are the CSV's
     labels in order of first appearance, images in CSV order. Each split is cached as
-    ``uint8`` in one ``.npz`` next to the images if writable, else in ``~/.cache/metajax``
-    (atomic write; checked and rebuilt with a warning when corrupt or stale). The full
-    training split is about 0.8 GB in memory.
+    ``uint8`` in one ``.npz`` in the user's cache directory (``$METAJAX_CACHE``, else
+    ``~/.cache/metajax``; never the data folder), written atomically, checked on every load
+    and rebuilt with a warning when corrupt or stale. The full training split is about 0.8 GB
+    in memory.
 
     Args:
         root_images: the folder with the images (see above).

@@ -153,9 +153,11 @@ def load_omniglot_characters(
 
     The zips are read directly (no extraction); each 105x105 image is resized to
     ``image_size`` with Lanczos resampling (Pillow). The result is cached as one ``.npz``
-    (about 25 MB at 28x28) next to the zips if that directory is writable, else in
-    ``~/.cache/metajax``; the cache is written atomically and checked (source fingerprint,
-    SHA-256, shapes) on every load, and rebuilt with a warning if corrupt or stale.
+    (about 25 MB at 28x28) in the user's cache directory (``cache_dir``, else
+    ``$METAJAX_CACHE``, else ``~/.cache/metajax``; a cache already next to the zips is read,
+    but the data folder is never written); the cache is written atomically and checked
+    (source fingerprint, SHA-256, shapes) on every load, and rebuilt with a warning if corrupt
+    or stale.
 
     Note: the MAML code called ``resize(..., Image.LANCZOS)`` on the 1-bit PNGs, for which
     Pillow silently uses nearest-neighbour; here the images are converted to 8-bit grayscale
@@ -322,8 +324,8 @@ def omniglot(
         root: directory holding ``omniglot/``; default ``$METAJAX_DATA``.
         split: ``"vinyals"`` or ``"maml"``.
         image_size: image side after resizing (28).
-        cache_dir: where to keep the decoded-image cache (default: next to the data if
-            writable, else ``~/.cache/metajax``).
+        cache_dir: where to keep the decoded-image cache (default: ``$METAJAX_CACHE``,
+            else ``~/.cache/metajax``; never the data folder).
         splits_dir: directory of the Vinyals split files (default ``<root>/omniglot/splits``).
         num_train, num_val, shuffle_seed: the MAML split's options.
 

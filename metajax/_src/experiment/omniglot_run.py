@@ -105,7 +105,7 @@ class OmniglotConfig:
 
     seed: int = 0
     data_root: str = ""  # directory holding omniglot/; "" = $METAJAX_DATA
-    cache_dir: str = ""  # decoded-image cache; "" = next to the data, else ~/.cache/metajax
+    cache_dir: str = ""  # decoded-image cache; "" = $METAJAX_CACHE or ~/.cache/metajax
     # "vinyals" (rotations as classes) or "maml" (random task rotations)
     split: one_of("vinyals", "maml") = "vinyals"
     n_way: Way = 5
