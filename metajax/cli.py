@@ -101,26 +101,51 @@ def _cmd_list(args) -> int:
 
 
 def _prepare_run_dir(args, module, name: str):
-    """Returns ``(config, out_dir)`` for a new run or for ``--resume DIR``."""
+    """Returns ``(config, out_dir)`` for a new run or for ``--resume DIR``.
+
+    Raises:
+        ConfigError: a bad config, directory or stored run (one line for the CLI).
+        RunLockedError: another live process writes to the directory.
+    """
+    from metajax._src.experiment.run_lock import RunLock
 
     if args.resume:
         out = Path(args.resume)
         stored_path = out / "config.json"
-        if not stored_path.exists():
-            raise SystemExit(f"--resume {out}: no config.json there; is it a metajax run "
-                             "directory?")
+        if not stored_path.is_file():
+            raise ConfigError(f"--resume {out}: no config.json there; is it a metajax run "
+                              "directory?")
         if args.set or args.out:
-            raise SystemExit("--resume continues a run with its own config.json: --set and "
-                             "--out cannot be combined with it.")
-        stored = json.loads(stored_path.read_text())
+            raise ConfigError("--resume continues a run with its own config.json: --set and "
+                              "--out cannot be combined with it.")
+        if args.process_id is None:
+            RunLock(out).check_free()
+        try:
+            stored = json.loads(stored_path.read_text())
+            values = stored["config"]
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"--resume {out}: {stored_path.name} is not valid JSON ({err}).") \
+                from None
+        except (KeyError, TypeError):
+            raise ConfigError(f"--resume {out}: {stored_path.name} has no \"config\" object; "
+                              "is it a metajax run directory?") from None
         if stored.get("experiment") != name:
-            raise SystemExit(f"--resume {out}: that run is experiment "
-                             f"{stored.get('experiment')!r}, not {name!r}.")
-        return config_from_dict(module.Config, stored["config"]), out
+            raise ConfigError(f"--resume {out}: that run is experiment "
+                              f"{stored.get('experiment')!r}, not {name!r}.")
+        if not isinstance(values, dict):
+            raise ConfigError(f"--resume {out}: the \"config\" of {stored_path.name} is not an "
+                              "object.")
+        try:
+            return config_from_dict(module.Config, values), out
+        except TypeError as err:
+            raise ConfigError(f"--resume {out}: {stored_path.name} does not fit "
+                              f"{name}'s Config ({err}).") from None
     config = apply_overrides(module.Config(), args.set or [])
     out = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: that is a file, not a directory.")
+    if out.is_dir():
+        RunLock(out).check_free()
     earlier = sorted(p.name for p in out.glob("*") if p.name in RUN_FILES) if out.is_dir() else []
     if earlier and not getattr(args, "overwrite", False):
         hint = (f"continue it with `metajax run {name} --resume {out}`, "
@@ -173,13 +198,12 @@ def _launch_processes(args, module, name: str) -> int:
     """``metajax run --processes N``: the run directory, then N worker processes of this
     command (one per CPU core, see :func:`metajax.distributed.init_process`); returns their
     exit code."""
-    import signal
-    import subprocess
+    from metajax._src.experiment.run_lock import RunLock, RunLockedError
 
     n = args.processes
     try:
         config, out = _prepare_run_dir(args, module, name)
-    except ConfigError as err:
+    except (ConfigError, RunLockedError) as err:
         print(f"metajax run {args.experiment}: {err}", file=sys.stderr)
         return 2
     meta_batch = getattr(config, "meta_batch", None)
@@ -189,6 +213,19 @@ def _launch_processes(args, module, name: str) -> int:
         return 2
     print(f"metajax run {name} -> {out}" + (" (resuming)" if args.resume else "")
           + f", {n} processes on {len(os.sched_getaffinity(0))} cores", file=sys.stderr)
+    try:
+        with RunLock(out):
+            return _run_workers(args, name, out, n)
+    except RunLockedError as err:
+        print(f"metajax run {name}: {err}", file=sys.stderr)
+        return 2
+
+
+def _run_workers(args, name: str, out: Path, n: int) -> int:
+    """Starts the N worker processes of ``metajax run --processes N`` and waits for them."""
+    import signal
+    import subprocess
+
     env, _ = _cpu_workers(n)
     command = [sys.executable, "-m", "metajax.cli", "run", args.experiment, "--resume", str(out),
                "--processes", str(n), "--coordinator", f"localhost:{_free_port()}"]
@@ -232,6 +269,29 @@ def _nan_hint(config) -> str:
     return "Try a new run with " + " or ".join(tips) + "."
 
 
+WORKER_ORPHAN_GRACE_SECONDS = 120.0
+
+
+def _stop_with_launcher() -> None:
+    """A worker of ``--processes`` stops when its launcher dies (e.g. ``kill -9``): it gets a
+    Ctrl-C (so process 0 checkpoints where the workers stop), and exits for good if it has
+    not stopped ``WORKER_ORPHAN_GRACE_SECONDS`` later. Without this the workers ran on as
+    orphans, beside a ``--resume`` of the same directory."""
+    import signal
+    import threading
+
+    launcher = os.getppid()
+
+    def watch():
+        while os.getppid() == launcher:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(WORKER_ORPHAN_GRACE_SECONDS)
+        os._exit(130)
+
+    threading.Thread(target=watch, daemon=True, name="metajax-launcher-watch").start()
+
+
 def _wait_workers(workers, grace: float) -> list[int]:
     """Exit codes of ``workers``; once one fails, the others get ``grace`` seconds (they may
     be waiting for it in a collective) before they are killed."""
@@ -252,6 +312,7 @@ def _wait_workers(workers, grace: float) -> list[int]:
 
 def _cmd_run(args) -> int:
     from metajax._src.experiment.checkpoint import CheckpointError
+    from metajax._src.experiment.run_lock import RunLock, RunLockedError
     from metajax._src.experiment.training import Interrupted, NonFiniteLoss
 
     if args.processes < 1:
@@ -265,10 +326,11 @@ def _cmd_run(args) -> int:
     if worker:  # first, before JAX creates its backend
         from metajax._src.distributed.processes import init_process
 
+        _stop_with_launcher()
         init_process(args.process_id, args.processes, coordinator=args.coordinator)
     try:
         config, out = _prepare_run_dir(args, module, name)
-    except ConfigError as err:
+    except (ConfigError, RunLockedError) as err:
         print(f"metajax run {args.experiment}: {err}", file=sys.stderr)
         return 2
     if not worker:
@@ -280,9 +342,13 @@ def _cmd_run(args) -> int:
         from metajax._src.experiment.tensorboard import MetricsMirror
 
         mirror = MetricsMirror(out)
+    lock = contextlib.nullcontext() if worker else RunLock(out)
     try:
-        with mirror:
+        with lock, mirror:
             summary = module.main(config, out, progress=not args.no_progress)
+    except RunLockedError as err:
+        print(f"metajax run {name}: {err}", file=sys.stderr)
+        return 2
     except Interrupted as err:
         if not args.process_id:
             print(f"\n{err} Continue with: metajax run {name} --resume {out}{processes}",
