@@ -91,12 +91,19 @@ def load_experiment(name: str) -> ModuleType:
 
 
 def _cmd_list(args) -> int:
+    broken = []
     for name, path in sorted(available_experiments().items()):
-        module = load_experiment(str(path))
+        try:
+            module = load_experiment(str(path))
+        except (Exception, SystemExit) as err:  # one broken file must not hide the others
+            broken.append(f"{path}: {type(err).__name__}: {err}".splitlines()[0])
+            continue
         doc = (module.__doc__ or "").strip().splitlines()
         print(f"{name:24s} {doc[0] if doc else ''}")
         if args.verbose:
             print(describe_fields(module.Config))
+    for line in broken:
+        print(f"metajax list: skipped {line}", file=sys.stderr)
     return 0
 
 
@@ -269,6 +276,18 @@ def _nan_hint(config) -> str:
     return "Try a new run with " + " or ".join(tips) + "."
 
 
+def _kept_checkpoints(out: Path) -> str:
+    """Which checkpoints a stopped run leaves, per training phase."""
+    phases = []
+    for phase in sorted((out / "checkpoints").glob("*")):
+        steps = sorted(int(p.stem.split("-")[1]) for p in phase.glob("ckpt-*.msgpack"))
+        if steps:
+            phases.append(f"{phase.name} at step {steps[-1]}")
+    if not phases:
+        return "No checkpoint had been written yet."
+    return "The checkpoints are intact: " + ", ".join(phases) + "."
+
+
 WORKER_ORPHAN_GRACE_SECONDS = 120.0
 
 
@@ -364,6 +383,22 @@ def _cmd_run(args) -> int:
     except CheckpointError as err:
         print(f"metajax run {name}: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (compiling, evaluating, ...)
+        if not args.process_id:
+            print(f"\nmetajax run {name}: interrupted. {_kept_checkpoints(out)} Continue with: "
+                  f"metajax run {name} --resume {out}{processes}", file=sys.stderr)
+        return 130
+    except FileNotFoundError as err:
+        hint = (" Point --set data_root=DIR (or METAJAX_DATA) at the folder holding the data."
+                if hasattr(config, "data_root") else "")
+        print(f"metajax run {name}: {err}{hint}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full, a read-only or vanished output folder, ...
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"metajax run {name}: stopped by a file error: {err.strerror or err}{where}. "
+              f"{_kept_checkpoints(out)} Free space or fix the folder, then: metajax run "
+              f"{name} --resume {out}{processes}", file=sys.stderr)
+        return 1
     if args.process_id:  # not process 0: the same results, printed by process 0
         return 0
     if isinstance(summary, dict) and "results" in summary:

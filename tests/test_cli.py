@@ -266,3 +266,57 @@ def test_kept_names_the_newest_checkpoint(tmp_path):
     ckpt.save(60, {"w": np.zeros(2)})
     assert _kept(ckpt).startswith(f"The checkpoint of step 60 (the last good state) is kept in "
                                   f"{tmp_path}")
+
+
+def test_ctrl_c_after_training_is_one_line_with_the_resume_command(tmp_path, capsys,
+                                                                   monkeypatch):
+    from metajax._src.experiment import plots
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "plot_learning_curve", interrupted)  # while plotting
+    out = tmp_path / "run"
+    assert _tiny_run(out) == 130
+    err = capsys.readouterr().err
+    assert "interrupted. The checkpoints are intact: maml at step 6" in err
+    assert f"metajax run linear_regression --resume {out}" in err and "Traceback" not in err
+
+
+def test_disk_full_says_what_is_intact_and_how_to_resume(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from metajax._src.experiment import run_io
+
+    real = run_io.write_json_atomic
+
+    def full(path, obj):
+        if str(path).endswith("summary.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, obj)
+
+    monkeypatch.setattr(run_io, "write_json_atomic", full)
+    out = tmp_path / "run"
+    assert _tiny_run(out) == 1
+    err = capsys.readouterr().err
+    assert f"No space left on device ({out / 'summary.json'})" in err
+    assert "The checkpoints are intact: maml at step 6" in err and "--resume" in err
+    assert "Traceback" not in err
+
+
+def test_missing_data_names_the_option(tmp_path, capsys):
+    assert cli.main(["run", "lopt_omniglot_mlp", "--out", str(tmp_path / "r"), "--no-progress",
+                     "--set", f"data_root={tmp_path / 'nowhere'}"]) == 2
+    err = capsys.readouterr().err
+    assert "--set data_root=DIR (or METAJAX_DATA)" in err and "Traceback" not in err
+
+
+def test_one_broken_experiment_file_does_not_break_list(tmp_path, capsys, monkeypatch):
+    mine = tmp_path / "experiments"
+    mine.mkdir()
+    (mine / "broken.py").write_text("import nonexistent_module_xyz\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["list"]) == 0
+    captured = capsys.readouterr()
+    assert "sinusoid_maml" in captured.out
+    assert "skipped" in captured.err and "broken.py" in captured.err
