@@ -249,3 +249,24 @@ def test_require_omniglot_points_at_shared_data():
         assert "../shared/data/omniglot" in str(skip)
     else:
         assert (root / "omniglot" / "splits" / "val.txt").is_file()
+
+
+def test_split_files_with_a_repeated_class_or_a_shared_character_are_refused(fake_root,
+                                                                             tmp_path):
+    chars = data.load_omniglot_characters(fake_root)
+    twice = tmp_path / "twice.txt"
+    twice.write_text("Alpha/character01/rot000\nBeta/character01/rot000\n"
+                     "Alpha/character01/rot360\n")  # rot360 is rot000 again
+    with pytest.raises(ValueError, match=rf"{twice}:3: 'Alpha/character01/rot360' repeats the "
+                                         r"class of line 1"):
+        data.omniglot_split_from_file(chars, twice)
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "train.txt").write_text("Alpha/character01/rot000\nAlpha/character02/rot000\n")
+    (splits / "val.txt").write_text("Beta/character01/rot000\n")
+    (splits / "test.txt").write_text("Gamma/character01/rot000\nAlpha/character02/rot090\n")
+    with pytest.raises(ValueError, match=rf"{splits / 'test.txt'}:2: character "
+                                         r"'Alpha/character02' is also in the train split"):
+        data.omniglot(fake_root, splits_dir=splits)
+    (splits / "test.txt").write_text("Gamma/character01/rot000\nGamma/character02/rot090\n")
+    assert data.omniglot(fake_root, splits_dir=splits).test.images.shape[0] == 2

@@ -226,14 +226,14 @@ def omniglot_split_from_file(characters: OmniglotCharacters, split_file: str | o
 
     Raises:
         FileNotFoundError: the split file does not exist.
-        ValueError: a malformed line, or a character that is not in ``characters`` (named,
-            with the file and line).
+        ValueError: a malformed line, a class listed twice, or a character that is not in
+            ``characters`` (named, with the file and line).
     """
     split_file = Path(split_file)
     if not split_file.is_file():
         raise FileNotFoundError(f"Omniglot split file not found: {split_file}.")
     index = {n: i for i, n in enumerate(characters.names)}
-    entries = []
+    entries, seen = [], {}
     for lineno, line in enumerate(split_file.read_text().splitlines(), 1):
         line = line.strip()
         if not line:
@@ -248,7 +248,12 @@ def omniglot_split_from_file(characters: OmniglotCharacters, split_file: str | o
                 f"{split_file}:{lineno}: character {char!r} is not in the Omniglot data loaded "
                 f"from {characters.root} ({len(index)} characters). Check the split file and "
                 "the data root.")
-        entries.append((line, index[char], int(digits) // 90 % 4))
+        key = (char, int(digits) // 90 % 4)
+        if key in seen:
+            raise ValueError(f"{split_file}:{lineno}: {line!r} repeats the class of line "
+                             f"{seen[key]}; each class once.")
+        seen[key] = lineno
+        entries.append((line, index[char], key[1]))
     if not entries:
         raise ValueError(f"Omniglot split file {split_file} lists no classes.")
     size = characters.images.shape[-1]
@@ -346,9 +351,28 @@ def omniglot(
         return omniglot_maml_split(characters, num_train=num_train, num_val=num_val,
                                    shuffle_seed=shuffle_seed)
     directory = Path(splits_dir) if splits_dir is not None else Path(characters.root) / "splits"
-    return FewShotSplits(*(omniglot_split_from_file(characters, directory / f"{s}.txt",
-                                                    name=f"omniglot/vinyals/{s}")
-                           for s in ("train", "val", "test")))
+    parts = [omniglot_split_from_file(characters, directory / f"{s}.txt",
+                                      name=f"omniglot/vinyals/{s}")
+             for s in ("train", "val", "test")]
+    _check_disjoint(directory, parts)
+    return FewShotSplits(*parts)
+
+
+def _check_disjoint(directory: Path, parts: list[FewShotDataset]) -> None:
+    """Refuses splits that share a character (with any rotation): test classes must be new."""
+    owner: dict[str, tuple[str, int]] = {}
+    for split, ds in zip(("train", "val", "test"), parts, strict=True):
+        path = directory / f"{split}.txt"
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+        for cls in ds.classes:
+            char = cls.rpartition("/")[0]
+            lineno = lines.index(cls) + 1
+            if char in owner and owner[char][0] != split:
+                first, first_line = owner[char]
+                raise ValueError(f"{path}:{lineno}: character {char!r} is also in the "
+                                 f"{first} split ({directory / f'{first}.txt'}:{first_line}); "
+                                 "train, validation and test characters must differ.")
+            owner.setdefault(char, (split, lineno))
 
 
 def _fetch(url: str, path: Path) -> None:
