@@ -633,15 +633,21 @@ def _plot_sweep(rows, eval_steps, path):
 
 
 def _cmd_report(args) -> int:
-    from metajax._src.experiment.report import report
+    from metajax._src.experiment.report import comparison_table, load_run, plot_runs
 
     try:
-        table = report(args.runs, plot_path=None if args.no_plot else args.plot)
-    except FileNotFoundError as err:
+        runs = [load_run(d) for d in args.runs]
+    except (FileNotFoundError, ValueError) as err:
         print(f"metajax report: {err}", file=sys.stderr)
         return 2
-    print(table)
+    print(comparison_table(runs))  # the table first: a plot that cannot be written loses nothing
     if not args.no_plot:
+        try:
+            plot_runs(runs, args.plot)
+        except OSError as err:
+            print(f"metajax report: could not write the plot {args.plot} ({err.strerror or err})"
+                  "; pass --plot PATH or --no-plot.", file=sys.stderr)
+            return 1
         print(f"\nLearning curves: {args.plot}", file=sys.stderr)
     return 0
 

@@ -16,16 +16,27 @@ def load_run(run_dir: str | os.PathLike) -> dict:
 
     Raises:
         FileNotFoundError: naming the directory when it holds no finished run.
+        ValueError: naming the file when ``config.json`` or ``summary.json`` is damaged.
     """
     run_dir = Path(run_dir)
-    summary = run_dir / "summary.json"
-    if not summary.exists():
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
         raise FileNotFoundError(f"{run_dir} has no summary.json: not a finished metajax run.")
     config_path = run_dir / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    return {"name": run_dir.name, "experiment": config.get("experiment", "?"),
-            "summary": json.loads(summary.read_text()),
-            "records": read_records(run_dir / "metrics.jsonl")}
+    config = _read_json(config_path) if config_path.exists() else {}
+    summary = _read_json(summary_path)
+    if not isinstance(summary, dict) or not isinstance(summary.get("results"), dict):
+        raise ValueError(f"{summary_path} has no \"results\" table: not a metajax summary.")
+    return {"name": run_dir.name,
+            "experiment": config.get("experiment", "?") if isinstance(config, dict) else "?",
+            "summary": summary, "records": read_records(run_dir / "metrics.jsonl")}
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}).") from None
 
 
 def comparison_table(runs: list[dict]) -> str:
@@ -33,13 +44,16 @@ def comparison_table(runs: list[dict]) -> str:
     steps: list[str] = []
     for run in runs:
         for row in run["summary"]["results"].values():
-            steps += [s for s in row if s not in steps]
-    steps.sort(key=int)
+            keys = ["–"] if "mean" in row else list(row)  # a one-number row (amortised)
+            steps += [s for s in keys if s not in steps]
+    if all(s.isdigit() for s in steps):
+        steps.sort(key=int)
     lines = ["| run | experiment | method | metric | " + " | ".join(f"{s} steps" for s in steps)
              + " |", "|---" * (len(steps) + 4) + "|"]
     for run in runs:
         metric = run["summary"].get("metric", "loss")
         for method, row in run["summary"]["results"].items():
+            row = {"–": row} if "mean" in row else row
             cells = [format_cell(row[s], ".4g", ".2g") if s in row else "" for s in
                      steps]
             lines.append(f"| {run['name']} | {run['experiment']} | {method} | {metric} | "
@@ -51,7 +65,12 @@ def report(run_dirs: list[str | os.PathLike], *, plot_path: str | os.PathLike | 
     """Builds the comparison table of ``run_dirs`` and (optionally) one learning-curve plot."""
     runs = [load_run(d) for d in run_dirs]
     if plot_path is not None:
-        records = [{**r, "method": f"{run['name']}/{r.get('method', 'train')}"}
-                   for run in runs for r in run["records"]]
-        plot_learning_curve(records, plot_path)
+        plot_runs(runs, plot_path)
     return comparison_table(runs)
+
+
+def plot_runs(runs: list[dict], plot_path: str | os.PathLike) -> None:
+    """One learning-curve plot of :func:`load_run` results."""
+    records = [{**r, "method": f"{run['name']}/{r.get('method', 'train')}"}
+               for run in runs for r in run["records"]]
+    plot_learning_curve(records, plot_path)
