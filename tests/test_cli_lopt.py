@@ -92,7 +92,7 @@ def test_lopt_omniglot_mlp_trains_on_omniglot_images(tmp_path, capsys):
 
     write_fake_omniglot(tmp_path / "data")
     data = [f"data_root={tmp_path / 'data'}", f"cache_dir={tmp_path / 'cache'}", "n_classes=3",
-            "batch_size=8", "mlp_hidden=4"]
+            "batch_size=8", "mlp_hidden=4", "image_size=8"]
     assert _run("lopt_omniglot_mlp", tmp_path / "run", TINY + data) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert set(summary["final_test_loss"]) == {"mlp", "sgd", "momentum", "adam"}
