@@ -20,7 +20,7 @@ def _run(name, out, overrides, *extra):
 
 @pytest.mark.parametrize("name,extra", [
     ("lopt_quadratics", ["estimator=pes"]),
-    ("lopt_linear_regression", ["optimizer=adam_schedule", "num_knots=2"]),
+    ("lopt_linear_regression", ["optimizer=adam_schedule", "num_knots=2", "meta_loss=final"]),
     pytest.param("lopt_digits_mlp", ["optimizer=lstm", "estimator=es", "batch_size=8",
                                      "mlp_hidden=4"], marks=pytest.mark.slow),
 ])

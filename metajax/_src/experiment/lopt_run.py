@@ -47,7 +47,9 @@ from metajax._src.tasks.streams import split_key
 
 OPTIMIZERS = ("mlp", "lstm", "adam_schedule")
 ESTIMATORS = ("tbptt", "es", "pes")
-META_LOSSES = {"mean": jnp.mean, "mean_log": lambda losses: jnp.mean(jnp.log(losses + 1e-8))}
+# the meta-objective of one truncation's training losses (``final``: the last of them)
+META_LOSSES = {"mean": jnp.mean, "mean_log": lambda losses: jnp.mean(jnp.log(losses + 1e-8)),
+               "final": lambda losses: losses[-1]}
 BASELINES = {"sgd": optax.sgd, "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
              "adam": optax.adam}
 
@@ -57,7 +59,9 @@ class LOptConfig:
     """Shared fields of the learned-optimizer experiments.
 
     ``optimizer`` is ``mlp``, ``lstm`` or ``adam_schedule``; ``estimator`` ``tbptt``
-    (truncated backprop), ``es`` (antithetic ES over whole episodes) or ``pes``. ``num_steps``
+    (truncated backprop), ``es`` (antithetic ES over whole episodes) or ``pes``; ``meta_loss``
+    ``mean`` (of a truncation's training losses), ``mean_log`` or ``final`` (the last loss of
+    each truncation: with ``truncation == num_steps``, the final training loss). ``num_steps``
     is the inner horizon meta-trained on; held-out tasks are trained for ``num_steps`` times
     every entry of ``horizons``, and the learned optimizer is told the run's length (its
     fraction-of-training feature stretches). Baseline learning rates are tuned on the
