@@ -164,9 +164,9 @@ def _prepare_run_dir(args, module, name: str):
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
+        _write_run_config(out, name, config)
     except OSError as err:
-        raise ConfigError(f"--out {out}: cannot create it ({err.strerror}).") from None
-    _write_run_config(out, name, config)
+        raise ConfigError(f"--out {out}: cannot write there ({err.strerror or err}).") from None
     return config, out
 
 

@@ -320,3 +320,18 @@ def test_one_broken_experiment_file_does_not_break_list(tmp_path, capsys, monkey
     captured = capsys.readouterr()
     assert "sinusoid_maml" in captured.out
     assert "skipped" in captured.err and "broken.py" in captured.err
+
+
+def test_an_unwritable_out_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from metajax._src.experiment import run_io
+
+    def read_only(path, obj):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(run_io, "write_json_atomic", read_only)
+    assert _tiny_run(tmp_path / "ro") == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path / 'ro'}: cannot write there (Read-only file system)" in err
+    assert "Traceback" not in err
