@@ -77,6 +77,7 @@ from metajax._src.metric.learner import (
 )
 from metajax._src.metric.matchingnet import matching_logits, matchingnet, matchingnet_loss
 from metajax._src.metric.metaoptnet import metaoptnet, metaoptnet_loss, svm_dual, svm_logits
+from metajax._src.metric.protomaml import protomaml, protomaml_loss, prototype_head
 from metajax._src.metric.protonet import protonet, protonet_loss, prototypical_logits
 from metajax._src.metric.r2d2 import r2d2, r2d2_head_init, r2d2_logits, r2d2_loss, ridge_weights
 
@@ -159,8 +160,11 @@ __all__ = [
     "metaoptnet",
     "metaoptnet_loss",
     "metric_learner",
+    "protomaml",
+    "protomaml_loss",
     "protonet",
     "protonet_loss",
+    "prototype_head",
     "prototypical_logits",
     "r2d2",
     "r2d2_head_init",

@@ -20,6 +20,7 @@ TINY = {
     "fewshot_protonet": ("protonet", []),
     "fewshot_matchingnet": ("matchingnet", ["scale=5.0"]),
     "fewshot_r2d2": ("r2d2", []),
+    "fewshot_protomaml": ("protomaml", ["inner_steps=1", "inner_lr=0.1"]),
     "fewshot_metaoptnet": ("metaoptnet", ["dual_iters=5"]),
 }
 

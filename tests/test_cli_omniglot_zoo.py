@@ -149,6 +149,23 @@ def test_protonet_runs_end_to_end_with_cross_domain(omniglot_cache, tmp_path, mo
     assert "| protonet |" in printed and "Cross-domain" in printed
 
 
+@pytest.mark.slow
+def test_protomaml_runs_end_to_end(omniglot_cache, tmp_path, monkeypatch, capsys):
+    overrides = [*EPISODES, "train_way=2", "meta_batch=2", "finetune_steps=3",
+                 "finetune_lrs=0.1,1.0", "pretrain_steps=2", "pretrain_batch=8",
+                 "baseline_head_lrs=0.1", "baseline_head_steps=5", "cross_domain=false",
+                 "inner_steps=2"]
+    records, summary = _run("omniglot_protomaml", overrides, tmp_path / "run", omniglot_cache,
+                            monkeypatch)
+    assert [r["step"] for r in records if r["method"] == "protomaml"] == [2]
+    rows = ["protomaml", "scratch", "baseline++_raw", "baseline", "baseline++_meta"]
+    assert list(summary["results"]) == rows
+    assert summary["options"] == {"inner_steps": 2, "inner_lr": 0.1, "first_order": True}
+    for row in summary["results"].values():
+        assert list(row) == ["0"] and row["0"]["n"] == 6
+    assert "| protomaml |" in capsys.readouterr().out
+
+
 def test_bad_cross_domain_way_is_named(omniglot_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("METAJAX_COMPILATION_CACHE", "")
     with pytest.raises(ValueError, match="`cross_domain_way` must be an int in \\[2, 2\\]"):
@@ -159,5 +176,5 @@ def test_bad_cross_domain_way_is_named(omniglot_cache, tmp_path, monkeypatch):
 def test_zoo_is_listed(capsys):
     assert cli.main(["list"]) == 0
     listed = capsys.readouterr().out
-    for name in [*TINY, "omniglot_protonet"]:
+    for name in [*TINY, "omniglot_protonet", "omniglot_protomaml", "fewshot_protomaml"]:
         assert name in listed
