@@ -71,7 +71,7 @@ class RunLock:
             return None  # unreadable or half-written: treat as stale
         if host.strip() and host.strip() != socket.gethostname():
             return pid  # another machine's process: cannot tell, assume alive
-        return pid if pid != os.getpid() and _alive(pid) else None
+        return pid if _alive(pid) else None  # this process too, while it holds it
 
     def check_free(self) -> None:
         """Raises :class:`RunLockedError` if a live process holds the lock (takes nothing)."""
