@@ -53,7 +53,8 @@ def command(run: str, out: Path) -> list[str]:
 
 def shown(run: str) -> str:
     experiment, overrides = RUNS[run]
-    return " ".join(["metajax run", experiment, *(f"--set {o}" for o in overrides)])
+    data = "METAJAX_DATA=DIR " if experiment == "lopt_omniglot_mlp" else ""
+    return data + " ".join(["metajax run", experiment, *(f"--set {o}" for o in overrides)])
 
 
 def versions() -> str:
