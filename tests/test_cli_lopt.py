@@ -67,6 +67,7 @@ def test_paired_comparison_counts_the_tasks_where_the_learned_optimizer_ends_low
     assert got["log10_ratio"]["n"] == 4
 
 
+@pytest.mark.slow  # meta_train's resume has fast tests in test_training.py
 def test_a_continued_run_equals_an_uninterrupted_one(tmp_path):
     # the outer state (theta, Adam, the estimator's inner runs) and the key stream are
     # checkpointed: training 3 steps, then on to 6 from the checkpoint, is training 6 at once
