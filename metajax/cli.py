@@ -610,6 +610,7 @@ def _rows_from_summaries(combos, summaries, eval_steps):
             ci = sum(r[s]["ci95"] ** 2 for r in results) ** 0.5 / len(results)
             row[s] = {"mean": float(np.mean(means)), "ci95": float(ci),
                       "n": int(sum(r[s]["n"] for r in results)),
+                      "nonfinite": int(sum(r[s].get("nonfinite", 0) for r in results)),
                       "seed_sd": float(np.std(means, ddof=1)) if len(means) > 1 else 0.0}
         rows.append(row)
     return rows
