@@ -8,7 +8,7 @@ experiment drivers are :mod:`metajax.experiment` (each loaded on first use).
 
 import importlib as _importlib
 
-from metajax import data, lopt, losses, models, tasks
+from metajax import data, lopt, losses, models, rl, tasks
 from metajax._src.algorithms.anil import anil
 from metajax._src.algorithms.cavia import cavia, cavia_adapt, cavia_evaluator
 from metajax._src.algorithms.imaml import imaml
@@ -200,5 +200,6 @@ __all__ = [
     "losses",
     "lopt",
     "models",
+    "rl",
     "tasks",
 ]

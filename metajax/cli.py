@@ -404,8 +404,8 @@ def _cmd_run(args) -> int:
     if isinstance(summary, dict) and "results" in summary:
         from metajax._src.experiment.comparison import format_table
 
-        print(f"\nHeld-out query {summary.get('metric', 'loss')} (mean ± 95% CI over "
-              f"{summary.get('num_test_tasks', '?')} tasks):")
+        print("\n" + summary.get("caption", f"Held-out query {summary.get('metric', 'loss')} "
+              f"(mean ± 95% CI over {summary.get('num_test_tasks', '?')} tasks):"))
         print(format_table(summary))
         if isinstance(summary.get("paired"), dict) and summary["paired"]:
             from metajax.experiment import format_paired

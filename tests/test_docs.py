@@ -24,5 +24,6 @@ def test_tutorial_code_runs(page, monkeypatch):
     assert blocks, f"{page} has no Python example"
     if page == "omniglot.md":
         monkeypatch.setenv("METAJAX_DATA", str(require_omniglot()))
+    namespace: dict = {}  # one per page: a page's blocks continue each other
     for block in blocks:
-        exec(compile(block, page, "exec"), {})  # noqa: S102
+        exec(compile(block, page, "exec"), namespace)  # noqa: S102

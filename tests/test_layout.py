@@ -19,10 +19,11 @@ ALLOWED = {
     "metric": {"core"},
     "amortized": {"core"},
     "lopt": {"core"},
+    "rl": {"core"},
     "cpu": {"core"},
     "distributed": {"core"},
-    "experiment": {"core", "algorithms", "metric", "amortized", "lopt", "data", "tasks",
-                   "distributed"},
+    "experiment": {"core", "algorithms", "metric", "amortized", "lopt", "rl", "data",
+                   "tasks", "distributed"},
 }
 
 INERT = """

@@ -1,0 +1,250 @@
+"""Meta-RL experiments: MAML-RL on 2-D navigation against the paper's baselines.
+
+:func:`run_rl_navigation` is the driver of ``rl_navigation_maml``: for each seed, MAML-RL
+(VPG inner step, TRPO outer step), a policy trained on all tasks jointly ("pretrained"), a
+randomly initialised policy ("scratch") and the goal-aware "oracle", then each on the same
+held-out goals after 0, 1, 2, 3 VPG steps, with checkpoints and ``--resume``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import jax
+import numpy as np
+
+from metajax._src.core.evaluate import mean_ci95
+from metajax._src.experiment import plots
+from metajax._src.experiment.config import (
+    Count,
+    PositiveRate,
+    Rule,
+    Size,
+    Steps,
+    TestTasks,
+    validate_config,
+)
+from metajax._src.experiment.run_io import RunWriter, read_records
+from metajax._src.experiment.training import meta_train
+from metajax._src.rl.maml_rl import adaptation_returns, joint_training, maml_rl
+from metajax._src.rl.outer import trpo
+from metajax._src.rl.point import point_navigation
+from metajax._src.rl.policy import gaussian_mlp_policy
+from metajax._src.rl.rollout import rollout
+from metajax._src.tasks.streams import split_key
+
+# Finn et al. (2017), Fig. 5 (2-D navigation), from the result pickles of cbfinn/maml_rl:
+# mean return over 40 held-out goals after 0, 1, 2, 3 policy-gradient steps.
+PAPER_NAVIGATION = {"maml": [-40.4, -11.7, -3.3, -3.2], "pretrained": [-40.8, -19.7, -11.7, -8.5],
+                    "scratch": [-82.7, -58.0, -53.8, -46.8], "oracle": [-2.29]}
+
+
+@dataclasses.dataclass(frozen=True)
+class RLNavigationConfig:
+    """MAML-RL on 2-D point navigation (the paper's settings are the defaults).
+
+    Every seed meta-trains MAML for ``meta_iterations`` TRPO steps on ``meta_batch`` goals of
+    ``num_episodes`` episodes each (inner VPG step ``inner_lr``), and the pretrained and
+    oracle policies for ``meta_iterations`` TRPO steps on the same kind of batches; each is
+    validated every ``val_every`` iterations on ``val_goals`` goals (mean return after one
+    step) and the best is tested on ``test_goals`` held-out goals: ``eval_episodes`` episodes
+    per step, step sizes ``eval_lrs`` (the paper's evaluation: 40 goals, 40 episodes,
+    0.5 then 0.25).
+    """
+
+    seeds: Annotated[tuple[int, ...], Rule(low=0, high=2**31 - 1)] = (0, 1, 2)
+    meta_iterations: Steps = 100
+    meta_batch: Count = 20
+    num_episodes: Count = 20
+    inner_lr: PositiveRate = 0.5
+    max_kl: PositiveRate = 0.01
+    first_order: bool = False
+    pre_update_score: bool = False
+    hidden: Size = (100, 100)
+    horizon: Steps = 100
+    val_goals: Count = 20
+    val_every: Steps = 25
+    test_goals: TestTasks = 40
+    eval_episodes: Count = 40
+    eval_lrs: Annotated[tuple[float, ...], Rule(low=0.0, high=100.0, allow_empty=False)] = (
+        0.5, 0.25, 0.25)
+    log_every: Steps = 5
+    steps_per_call: Steps = 5
+    plot_goals: Annotated[int, Rule(low=0, high=16)] = 4
+
+    def __post_init__(self):
+        validate_config(self)
+
+
+def _train(config, learner, params, seed, index, name, writer, validate, progress):
+    checkpointer = None
+    if writer is not None:
+        checkpointer = writer.checkpointer(name)
+        steps = checkpointer.steps()
+        writer.drop_records_after(name, steps[-1] if steps else 0)
+    return meta_train(
+        learner.step, learner.init(params), lambda k: k,
+        key=jax.random.fold_in(split_key(seed, "train"), index),
+        num_steps=config.meta_iterations, tasks_per_step=config.meta_batch,
+        steps_per_call=config.steps_per_call, log_every=config.log_every, validate=validate,
+        val_every=config.val_every, val_metric="return", higher_is_better=True,
+        on_record=(lambda r: writer.log({"method": name, **r})) if writer else None,
+        checkpointer=checkpointer, progress=progress, desc=name)
+
+
+def run_rl_navigation(config: RLNavigationConfig, *, out_dir: str | Path | None = None,
+                      progress: bool = True) -> dict:
+    """Runs every seed of ``config``; writes metrics, checkpoints, summary and plots.
+
+    Returns:
+        ``{"metric": "return", "results": {method: {"0": {mean, ci95, n}, ...}}, ...}``:
+        mean episode return over the held-out goals of all seeds (``n`` goals) after each
+        number of VPG steps, for ``maml``, ``pretrained``, ``scratch`` and ``oracle`` (0
+        steps: it is told the goal); ``per_seed`` has each seed's means, ``paper`` the
+        paper's numbers.
+    """
+    env, oracle_env = point_navigation(horizon=config.horizon), point_navigation(
+        horizon=config.horizon, oracle=True)
+    policy = gaussian_mlp_policy(2, 2, hidden=config.hidden)
+    oracle_policy = gaussian_mlp_policy(4, 2, hidden=config.hidden)
+    outer = trpo(max_kl=config.max_kl)
+    common = dict(num_episodes=config.num_episodes, meta_batch=config.meta_batch, outer=outer)
+    learners = {
+        "maml": (maml_rl(env, policy, inner_lr=config.inner_lr, first_order=config.first_order,
+                         pre_update_score=config.pre_update_score, **common), env, policy),
+        "pretrained": (joint_training(env, policy, **common), env, policy),
+        "oracle": (joint_training(oracle_env, oracle_policy, **common), oracle_env,
+                   oracle_policy),
+    }
+    lrs = tuple(config.eval_lrs)
+    writer = RunWriter(out_dir) if out_dir is not None else None
+    per_goal: dict[str, list[np.ndarray]] = {}
+    per_seed: dict[str, list[list[float]]] = {}
+    train_seconds, trajectories = {}, {}
+    for seed in config.seeds:
+        val_goals = env.sample_tasks(split_key(seed, "val"), config.val_goals)
+        test_goals = env.sample_tasks(split_key(seed, "test"), config.test_goals)
+        trained = {"scratch": policy.init(jax.random.fold_in(jax.random.PRNGKey(seed), 7))}
+        for index, (name, (learner, e, pi)) in enumerate(learners.items()):
+            val_lrs = () if name == "oracle" else lrs[:1]  # the return after one step
+            val = jax.jit(lambda p, e=e, pi=pi, m=val_lrs: adaptation_returns(
+                e, pi, p, split_key(seed, "val"), val_goals, lrs=m,
+                num_episodes=config.num_episodes)[:, -1].mean())
+            init = pi.init(jax.random.fold_in(jax.random.PRNGKey(seed), 1))
+            result = _train(config, learner, init, seed, index, f"{name}_seed{seed}", writer,
+                            lambda p, val=val: {"return": float(val(p))}, progress)
+            trained[name] = result.best_params
+            train_seconds[f"{name}_seed{seed}"] = result.train_seconds
+        for name, params in trained.items():
+            e, pi = (oracle_env, oracle_policy) if name == "oracle" else (env, policy)
+            method_lrs = () if name == "oracle" else lrs
+            returns = np.asarray(jax.jit(lambda p, e=e, pi=pi, m=method_lrs: adaptation_returns(
+                e, pi, p, split_key(seed, "test"), test_goals, lrs=m,
+                num_episodes=config.eval_episodes))(params))
+            per_goal.setdefault(name, []).append(returns)
+            per_seed.setdefault(name, []).append(returns.mean(0).tolist())
+        if seed == config.seeds[0] and config.plot_goals:
+            trajectories = _adapted_paths(env, policy, trained, test_goals[:config.plot_goals],
+                                          lrs, seed)
+    results = {}
+    for name in ("maml", "pretrained", "scratch", "oracle"):
+        values = np.concatenate(per_goal[name], axis=0)
+        results[name] = {str(k): mean_ci95(values[:, k])._asdict()
+                         for k in range(values.shape[1])}
+    n_goals = config.test_goals * len(config.seeds)
+    summary = {"metric": "return", "higher_is_better": True, "results": results,
+               "caption": f"Held-out goals: mean episode return after each number of VPG steps "
+                          f"(mean ± 95% CI over {n_goals} goals, {len(config.seeds)} seeds; "
+                          f"higher is better):",
+               "per_seed": per_seed, "seeds": list(config.seeds),
+               "num_test_tasks": n_goals,
+               "paper": PAPER_NAVIGATION, "train_seconds": train_seconds}
+    if writer is not None:
+        writer.write("summary.json", summary)
+        records = read_records(writer.path("metrics.jsonl"))
+        plots.plot_learning_curve(records, writer.path("learning_curve.png"),
+                                  metric="return_post", log_scale=False)
+        plot_returns_vs_steps(summary, writer.path("returns.png"))
+        if trajectories:
+            plot_navigation_paths(trajectories, writer.path("trajectories.png"))
+    return summary
+
+
+def _adapted_paths(env, policy, trained, goals, lrs, seed):
+    """Positions of one episode per goal of MAML and the pretrained policy before and after
+    1 and ``len(lrs)`` VPG steps (the paper's Fig. 4)."""
+    from metajax._src.rl.advantages import linear_baseline_advantages
+    from metajax._src.rl.pg import vpg_update
+
+    adv = linear_baseline_advantages()
+    out = {}
+    for name in ("maml", "pretrained"):
+
+        def paths(p, goal, key):
+            keys = jax.random.split(key, len(lrs) + 1)
+            shown = []
+            for k in range(len(lrs) + 1):
+                traj = rollout(env, policy, p, keys[k], goal, num_episodes=20)
+                shown.append((traj.obs, traj.mask))
+                if k < len(lrs):
+                    p = vpg_update(policy, p, traj, adv(traj), lr=lrs[k])
+            return shown
+
+        result = jax.jit(jax.vmap(paths, in_axes=(None, 0, 0)))(
+            trained[name], goals, jax.random.split(split_key(seed, "test"), goals.shape[0]))
+        out[name] = {"goals": np.asarray(goals),
+                     "stages": [(np.asarray(o), np.asarray(m)) for o, m in result]}
+    return out
+
+
+def plot_returns_vs_steps(summary: dict, path) -> None:
+    """Mean return (± 95% CI) against the number of VPG steps, ours and the paper's."""
+    plt = plots._pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (name, row) in enumerate(summary["results"].items()):
+        steps = [int(s) for s in row]
+        means = [row[s]["mean"] for s in row]
+        color = f"C{i}"
+        if len(steps) == 1:
+            ax.axhline(means[0], color=color, ls="-", label=f"{name} (ours)")
+        else:
+            ax.errorbar(steps, means, yerr=[row[s]["ci95"] for s in row], color=color,
+                        marker="o", capsize=3, label=f"{name} (ours)")
+        paper = summary.get("paper", {}).get(name)
+        if paper and len(paper) == 1:
+            ax.axhline(paper[0], color=color, ls=":", label=f"{name} (paper)")
+        elif paper:
+            ax.plot(range(len(paper)), paper, color=color, ls=":", marker="x",
+                    label=f"{name} (paper)")
+    ax.set_xlabel("policy-gradient steps on the new goal")
+    ax.set_ylabel("mean return (40 episodes per goal)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    plots._save(fig, path)
+
+
+def plot_navigation_paths(paths: dict, path) -> None:
+    """One row per method, one panel per goal: an episode's path before adaptation and after
+    each VPG step, and the goal (the paper's Fig. 4)."""
+    plt = plots._pyplot()
+    names = list(paths)
+    n_goals = paths[names[0]]["goals"].shape[0]
+    fig, axes = plt.subplots(len(names), n_goals, figsize=(3 * n_goals, 3 * len(names)),
+                             squeeze=False)
+    for r, name in enumerate(names):
+        goals, stages = paths[name]["goals"], paths[name]["stages"]
+        for g in range(n_goals):
+            ax = axes[r][g]
+            for k, (obs, mask) in enumerate(stages):
+                xy = obs[g, 0][mask[g, 0] > 0]
+                ax.plot(xy[:, 0], xy[:, 1], "-", lw=1, label=f"{k} steps" if g == 0 else None)
+            ax.plot(*goals[g], "k*", ms=10)
+            ax.set_xlim(-0.6, 0.6), ax.set_ylim(-0.6, 0.6)
+            ax.set_aspect("equal")
+            ax.set_title(f"{name}, goal {g}", fontsize=8)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    plots._save(fig, path)
