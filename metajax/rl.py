@@ -5,7 +5,10 @@ An :class:`Environment` is ``reset(key, task)``, ``step(key, state, action, task
 under ``lax.scan`` and :func:`rollout_tasks` one ``vmap`` over tasks. :func:`maml_rl` is
 MAML with a vanilla policy-gradient inner step and a TRPO (or PPO-clip) outer step, a
 :class:`metajax.MetaLearner` whose ``step(state, key)`` is the whole meta-iteration (sample
-tasks, roll out, adapt, roll out again, update) as one XLA program.
+tasks, roll out, adapt, roll out again, update) as one XLA program. :func:`rl2` is RL^2: a GRU
+policy whose state carries across the episodes of a trial, trained with PPO; its bandit
+baselines are :func:`random_rule`, :func:`greedy_rule` (and epsilon-greedy), :func:`ucb1_rule`,
+:func:`thompson_rule` and the exact :func:`bayes_optimal_value`.
 
 Examples:
     >>> import jax
@@ -29,6 +32,15 @@ from metajax._src.rl.advantages import (
     reward_to_go_advantages,
 )
 from metajax._src.rl.bandit import bernoulli_bandit
+from metajax._src.rl.bandit_baselines import (
+    BanditRule,
+    bayes_optimal_value,
+    greedy_rule,
+    random_rule,
+    run_bandit_rule,
+    thompson_rule,
+    ucb1_rule,
+)
 from metajax._src.rl.env import Environment, check_action, check_environment, with_horizon
 from metajax._src.rl.maml_rl import (
     TaskSamples,
@@ -49,18 +61,32 @@ from metajax._src.rl.outer import (
 from metajax._src.rl.pg import log_probs, pg_surrogate, vpg_update
 from metajax._src.rl.point import point_navigation
 from metajax._src.rl.policy import Policy, categorical_mlp_policy, gaussian_mlp_policy
+from metajax._src.rl.rl2 import (
+    RecurrentPolicy,
+    Trial,
+    gru_policy,
+    replay,
+    rl2,
+    rl2_inputs,
+    rollout_trial,
+    trial_returns,
+)
 from metajax._src.rl.rollout import Trajectory, episode_returns, rollout, rollout_tasks
 from metajax._src.rl.tabular import expected_return, tabular_mdp
 
 __all__ = [
+    "BanditRule",
     "Environment",
     "Policy",
     "PolicyOptimizer",
+    "RecurrentPolicy",
     "Surrogate",
     "TaskSamples",
     "Trajectory",
+    "Trial",
     "adapt_policy",
     "adaptation_returns",
+    "bayes_optimal_value",
     "bernoulli_bandit",
     "categorical_mlp_policy",
     "check_action",
@@ -71,6 +97,8 @@ __all__ = [
     "fisher_vector_product",
     "fit_linear_baseline",
     "gaussian_mlp_policy",
+    "greedy_rule",
+    "gru_policy",
     "joint_training",
     "linear_baseline_advantages",
     "linear_features",
@@ -80,12 +108,21 @@ __all__ = [
     "pg_surrogate",
     "point_navigation",
     "ppo_clip",
+    "random_rule",
+    "replay",
     "reward_to_go_advantages",
+    "rl2",
+    "rl2_inputs",
     "rollout",
     "rollout_tasks",
+    "rollout_trial",
+    "run_bandit_rule",
     "surrogate_value",
     "tabular_mdp",
+    "thompson_rule",
+    "trial_returns",
     "trpo",
+    "ucb1_rule",
     "vpg_update",
     "with_horizon",
 ]
