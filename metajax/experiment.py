@@ -73,7 +73,12 @@ from metajax._src.experiment.process_run import (
     run_process,
     sample_in_chunks,
 )
-from metajax._src.experiment.rl_run import RLNavigationConfig, run_rl_navigation
+from metajax._src.experiment.rl_run import (
+    RLBanditConfig,
+    RLNavigationConfig,
+    run_rl_bandit,
+    run_rl_navigation,
+)
 from metajax._src.experiment.run_io import RunWriter, read_records, write_json_atomic
 from metajax._src.experiment.sinusoid_run import SinusoidConfig, run_sinusoid, sinusoid_mlp
 from metajax._src.experiment.sweep import (
@@ -97,7 +102,9 @@ __all__ = [
     "validate_config",
     "GPProcessConfig",
     "LOptConfig",
+    "RLBanditConfig",
     "RLNavigationConfig",
+    "run_rl_bandit",
     "run_rl_navigation",
     "format_paired",
     "paired_comparison",

@@ -401,7 +401,8 @@ def format_table(summary: dict) -> str:
     if results and all("mean" in row for row in results.values()):
         return _flat_table(summary)
     steps = list(dict.fromkeys(s for row in results.values() for s in row))
-    lines = ["| method | " + " | ".join(f"{s} steps" for s in steps) + " |",
+    suffix = summary.get("column_suffix", " steps")
+    lines = ["| method | " + " | ".join(f"{s}{suffix}" for s in steps) + " |",
              "|---" * (len(steps) + 1) + "|"]
     for method, row in results.items():
         cells = [format_cell(row[s]) if s in row else "–" for s in steps]

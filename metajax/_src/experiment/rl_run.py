@@ -248,3 +248,130 @@ def plot_navigation_paths(paths: dict, path) -> None:
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     plots._save(fig, path)
+
+
+# Duan et al. (2016), Table 1: total reward per trial, averaged over 1000 test bandits.
+PAPER_BANDITS = {
+    "k=5,n=10": {"random": 5.0, "gittins": 6.6, "thompson": 5.7, "ucb1": 6.7,
+                 "epsilon_greedy": 6.6, "greedy": 6.6, "rl2": 6.7},
+    "k=10,n=100": {"random": 49.9, "gittins": 82.8, "thompson": 76.7, "ucb1": 82.4,
+                   "epsilon_greedy": 77.4, "greedy": 77.1, "rl2": 83.5},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RLBanditConfig:
+    """RL^2 on k-armed Bernoulli bandits against the classic algorithms.
+
+    For each ``(arms[i], pulls[i])``: RL^2 (a GRU of ``hidden`` units, PPO on ``meta_batch``
+    trials per step for ``outer_steps[i]`` steps), then every method on ``test_tasks``
+    held-out bandits. epsilon-greedy's ``epsilon`` and UCB1's ``c`` are tuned on
+    ``val_tasks`` bandits (Duan et al. tuned their baselines too); the Bayes-optimal value is
+    exact where the dynamic programme is small (``pulls <= 10``).
+    """
+
+    seed: int = 0
+    arms: Annotated[tuple[int, ...], Rule(low=2, high=1000)] = (5, 10)
+    pulls: Annotated[tuple[int, ...], Rule(low=1, high=10**4)] = (10, 100)
+    outer_steps: Annotated[tuple[int, ...], Rule(low=1, high=10**7)] = (2000, 600)
+    meta_batch: Count = 512
+    hidden: Count = 128
+    lr: PositiveRate = 3e-3
+    entropy_coef: Annotated[float, Rule(low=0.0, high=1.0)] = 0.0
+    epochs: Count = 4
+    val_tasks: Count = 1000
+    test_tasks: TestTasks = 2000
+    epsilons: Annotated[tuple[float, ...], Rule(low=0.0, high=1.0)] = (0.01, 0.05, 0.1, 0.2,
+                                                                         0.3)
+    ucb_cs: Annotated[tuple[float, ...], Rule(low=0.0, high=10.0)] = (0.05, 0.1, 0.2, 0.3,
+                                                                        0.5, 1.0)
+    log_every: Steps = 100
+    steps_per_call: Steps = 100
+
+    def __post_init__(self):
+        validate_config(self)
+
+    def validate(self):
+        """Rules across fields (the fields' own are in their annotations)."""
+        from metajax._src.experiment.config import ConfigError
+
+        if not len(self.arms) == len(self.pulls) == len(self.outer_steps):
+            raise ConfigError(f"arms, pulls and outer_steps: expected one entry per setting "
+                              f"each; got {len(self.arms)}, {len(self.pulls)} and "
+                              f"{len(self.outer_steps)}.")
+
+
+def run_rl_bandit(config: RLBanditConfig, *, out_dir: str | Path | None = None,
+                  progress: bool = True) -> dict:
+    """Trains RL^2 for each bandit setting of ``config`` and tests it against the baselines.
+
+    Returns:
+        ``{"metric": "trial_return", "results": {method: {"k=5,n=10": {mean, ci95, n}, ...}}}``
+        for ``rl2``, ``random``, ``greedy``, ``epsilon_greedy``, ``ucb1``, ``thompson`` and
+        (where exact) ``bayes_optimal``; ``tuned`` holds the tuned options, ``paper`` Duan et
+        al.'s Table 1 rows.
+    """
+    import optax
+
+    from metajax._src.rl import bandit_baselines as bb
+    from metajax._src.rl.bandit import bernoulli_bandit
+    from metajax._src.rl.rl2 import gru_policy, rl2, trial_returns
+
+    writer = RunWriter(out_dir) if out_dir is not None else None
+    results: dict[str, dict] = {}
+    tuned, train_seconds = {}, {}
+    for i, (k, n, steps) in enumerate(zip(config.arms, config.pulls, config.outer_steps,
+                                          strict=True)):
+        label = f"k={k},n={n}"
+        env = bernoulli_bandit(k, n)
+        policy = gru_policy(1, k, hidden=config.hidden)
+        learner = rl2(env, policy, optax.adam(config.lr), meta_batch=config.meta_batch,
+                      epochs=config.epochs, entropy_coef=config.entropy_coef)
+        name = f"rl2_{label}"
+        checkpointer = None
+        if writer is not None:
+            checkpointer = writer.checkpointer(name.replace("=", "").replace(",", "_"))
+            done = checkpointer.steps()
+            writer.drop_records_after(name, done[-1] if done else 0)
+        result = meta_train(
+            learner.step, learner.init(policy.init(jax.random.PRNGKey(config.seed))),
+            lambda key: key, key=jax.random.fold_in(split_key(config.seed, "train"), i),
+            num_steps=steps, tasks_per_step=config.meta_batch,
+            steps_per_call=config.steps_per_call, log_every=config.log_every,
+            on_record=(lambda r, name=name: writer.log({"method": name, **r})) if writer
+            else None, checkpointer=checkpointer, progress=progress, desc=name)
+        train_seconds[label] = result.train_seconds
+        val = env.sample_tasks(jax.random.fold_in(split_key(config.seed, "val"), i),
+                               config.val_tasks)
+        test = env.sample_tasks(jax.random.fold_in(split_key(config.seed, "test"), i),
+                                config.test_tasks)
+        run = lambda rule, tasks, n=n: np.asarray(jax.jit(  # noqa: E731
+            lambda p: bb.run_bandit_rule(rule, p, split_key(config.seed, "test"),
+                                         num_pulls=n))(tasks))
+        eps = max(config.epsilons, key=lambda e: run(bb.greedy_rule(epsilon=e), val).mean())
+        c = max(config.ucb_cs, key=lambda c: run(bb.ucb1_rule(c=c), val).mean())
+        tuned[label] = {"epsilon": eps, "ucb1_c": c}
+        totals = {
+            "rl2": np.asarray(jax.jit(lambda p, env=env, policy=policy, test=test: trial_returns(
+                env, policy, p, split_key(config.seed, "test"), test))(result.state.params)),
+            "random": run(bb.random_rule(), test), "greedy": run(bb.greedy_rule(), test),
+            "epsilon_greedy": run(bb.greedy_rule(epsilon=eps), test),
+            "ucb1": run(bb.ucb1_rule(c=c), test), "thompson": run(bb.thompson_rule(), test)}
+        for method, values in totals.items():
+            results.setdefault(method, {})[label] = mean_ci95(values)._asdict()
+        if n <= 10:
+            value = bb.bayes_optimal_value(k, n)
+            results.setdefault("bayes_optimal", {})[label] = {"mean": value, "ci95": 0.0,
+                                                              "n": 0, "nonfinite": 0}
+    summary = {"metric": "trial_return", "higher_is_better": True, "results": results,
+               "column_suffix": "", "num_test_tasks": config.test_tasks,
+               "caption": f"Held-out bandits: total reward per trial (mean ± 95% CI over "
+                          f"{config.test_tasks} bandits; bayes_optimal is exact; higher is "
+                          f"better):",
+               "tuned": tuned, "paper": PAPER_BANDITS, "train_seconds": train_seconds}
+    if writer is not None:
+        writer.write("summary.json", summary)
+        plots.plot_learning_curve(read_records(writer.path("metrics.jsonl")),
+                                  writer.path("learning_curve.png"), metric="trial_return",
+                                  log_scale=False)
+    return summary
