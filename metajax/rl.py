@@ -42,6 +42,7 @@ from metajax._src.rl.bandit_baselines import (
     ucb1_rule,
 )
 from metajax._src.rl.env import Environment, check_action, check_environment, with_horizon
+from metajax._src.rl.gridworld import GridTask, gridworld
 from metajax._src.rl.maml_rl import (
     TaskSamples,
     adapt_policy,
@@ -77,6 +78,7 @@ from metajax._src.rl.tabular import expected_return, tabular_mdp
 __all__ = [
     "BanditRule",
     "Environment",
+    "GridTask",
     "Policy",
     "PolicyOptimizer",
     "RecurrentPolicy",
@@ -98,6 +100,7 @@ __all__ = [
     "fit_linear_baseline",
     "gaussian_mlp_policy",
     "greedy_rule",
+    "gridworld",
     "gru_policy",
     "joint_training",
     "linear_baseline_advantages",

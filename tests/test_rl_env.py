@@ -88,3 +88,53 @@ def test_actions_of_the_wrong_shape_are_named():
     bandit = rl.bernoulli_bandit(4, 5)
     with pytest.raises(ValueError, match=r"`action`: expected shape \(\)"):
         bandit.step(jax.random.PRNGKey(0), 0, jnp.zeros(2, jnp.int32), jnp.zeros(4))
+
+
+def _numpy_grid_step(pos, action, task, size):
+    moves = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+    nxt = np.clip(np.array(pos) + moves[action], 0, size - 1)
+    if task.walls[nxt[0], nxt[1]]:
+        nxt = np.array(pos)
+    at_goal = bool(np.all(nxt == task.goal))
+    reward = -0.01 + (1.0 if at_goal else 0.0) + (
+        -0.5 if task.hazards[nxt[0], nxt[1]] and not at_goal else 0.0)
+    return nxt, reward, at_goal
+
+
+def test_gridworld_steps_equal_numpy_and_every_goal_is_reachable():
+    env = rl.gridworld(size=5)
+    tasks = env.sample_tasks(jax.random.PRNGKey(0), 64)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        task = jax.tree.map(lambda x, i=i: x[i], tasks)
+        np_task = jax.tree.map(np.asarray, task)
+        _, pos = env.reset(jax.random.PRNGKey(0), task)
+        ref = np.zeros(2, int)
+        for a in rng.integers(0, 4, 40):
+            obs, pos, r, done = env.step(jax.random.PRNGKey(0), pos, jnp.int32(a), task)
+            ref, ref_r, ref_done = _numpy_grid_step(ref, int(a), np_task, 5)
+            np.testing.assert_array_equal(pos, ref)
+            assert abs(float(r) - ref_r) < 1e-6 and bool(done) == ref_done
+            # the observed 3x3 window: the centre cell is never a wall (the agent stands there)
+            assert float(obs[2:].reshape(9, 4)[4, 1]) == 0.0
+            if ref_done:
+                break
+    # a breadth-first search in NumPy reaches every task's goal from the start
+    for i in range(64):
+        walls, goal = np.asarray(tasks.walls[i]), tuple(np.asarray(tasks.goal[i]))
+        seen, frontier = {(0, 0)}, [(0, 0)]
+        while frontier:
+            r, c = frontier.pop()
+            for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                n = (r + dr, c + dc)
+                if 0 <= n[0] < 5 and 0 <= n[1] < 5 and not walls[n] and n not in seen:
+                    seen.add(n)
+                    frontier.append(n)
+        assert goal in seen and goal != (0, 0) and not np.asarray(tasks.hazards[i])[goal]
+
+
+def test_gridworld_bad_options_are_named():
+    with pytest.raises(ValueError, match="size"):
+        rl.gridworld(size=1)
+    with pytest.raises(ValueError, match="wall_prob"):
+        rl.gridworld(wall_prob=1.0)
