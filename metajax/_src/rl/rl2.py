@@ -44,7 +44,9 @@ def rl2_inputs(obs, prev_action, prev_reward, prev_done, num_actions: int) -> ja
 
 
 def gru_policy(obs_dim: int, num_actions: int, *, hidden: int = 64) -> RecurrentPolicy:
-    """A GRU over :func:`rl2_inputs`, with linear policy (logits) and value heads.
+    """Two GRUs over :func:`rl2_inputs`: an actor with a linear policy head (logits) and a
+    critic with a linear value head (separate networks, so the value loss does not shape the
+    actor's memory). The state is both GRUs' states, ``[2 * hidden]``.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -53,32 +55,41 @@ def gru_policy(obs_dim: int, num_actions: int, *, hidden: int = 64) -> Recurrent
         >>> x = rl2_inputs(jnp.zeros(1), 0, 0.0, False, 3)
         >>> h, logits, value = pi.step(params, pi.initial_state(), x)
         >>> h.shape, logits.shape, value.shape
-        ((8,), (3,), ())
+        ((16,), (3,), ())
     """
     for name, v in (("obs_dim", obs_dim), ("num_actions", num_actions), ("hidden", hidden)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"`{name}`: expected an int >= 1; got {v!r}.")
     n_in = obs_dim + num_actions + 2
 
-    def init(key):
-        k1, k2, k3, k4 = jax.random.split(key, 4)
-        glorot = lambda k, shape: jax.random.uniform(  # noqa: E731
-            k, shape, minval=-1, maxval=1) * math.sqrt(6 / sum(shape))
-        return {"wx": glorot(k1, (n_in, 3 * hidden)), "wh": glorot(k2, (hidden, 3 * hidden)),
-                "b": jnp.zeros(3 * hidden),
-                "pi": glorot(k3, (hidden, num_actions)) * 0.1, "pi_b": jnp.zeros(num_actions),
-                "v": glorot(k4, (hidden, 1)), "v_b": jnp.zeros(1)}
+    def glorot(k, shape):
+        return jax.random.uniform(k, shape, minval=-1, maxval=1) * math.sqrt(6 / sum(shape))
 
-    def step(params, h, x):
-        gx = x @ params["wx"] + params["b"]
-        gh = h @ params["wh"]
+    def gru_init(key, n_out, out_scale):
+        k1, k2, k3 = jax.random.split(key, 3)
+        return {"wx": glorot(k1, (n_in, 3 * hidden)), "wh": glorot(k2, (hidden, 3 * hidden)),
+                "b": jnp.zeros(3 * hidden), "out": glorot(k3, (hidden, n_out)) * out_scale,
+                "out_b": jnp.zeros(n_out)}
+
+    def init(key):
+        k_actor, k_critic = jax.random.split(key)
+        return {"actor": gru_init(k_actor, num_actions, 0.1), "critic": gru_init(k_critic, 1, 1.0)}
+
+    def gru(p, h, x):
+        gx = x @ p["wx"] + p["b"]
+        gh = h @ p["wh"]
         r = jax.nn.sigmoid(gx[:hidden] + gh[:hidden])
         z = jax.nn.sigmoid(gx[hidden:2 * hidden] + gh[hidden:2 * hidden])
         n = jnp.tanh(gx[2 * hidden:] + r * gh[2 * hidden:])
         h = (1 - z) * n + z * h
-        return h, h @ params["pi"] + params["pi_b"], (h @ params["v"] + params["v_b"])[0]
+        return h, h @ p["out"] + p["out_b"]
 
-    return RecurrentPolicy(init, lambda: jnp.zeros(hidden), step, num_actions)
+    def step(params, h, x):
+        h_actor, logits = gru(params["actor"], h[:hidden], x)
+        h_critic, value = gru(params["critic"], h[hidden:], x)
+        return jnp.concatenate([h_actor, h_critic]), logits, value[0]
+
+    return RecurrentPolicy(init, lambda: jnp.zeros(2 * hidden), step, num_actions)
 
 
 class Trial(NamedTuple):
