@@ -263,8 +263,9 @@ PAPER_BANDITS = {
 class RLBanditConfig:
     """RL^2 on k-armed Bernoulli bandits against the classic algorithms.
 
-    For each ``(arms[i], pulls[i])``: RL^2 (a GRU of ``hidden`` units, PPO on ``meta_batch``
-    trials per step for ``outer_steps[i]`` steps), then every method on ``test_tasks``
+    For each ``(arms[i], pulls[i])``: RL^2 (actor and critic GRUs of ``hidden`` units, PPO on
+    ``meta_batch`` trials per step for ``outer_steps[i]`` steps, Adam ``lr`` on gradients
+    clipped to norm ``clip_grad_norm``), then every method on ``test_tasks``
     held-out bandits. epsilon-greedy's ``epsilon`` and UCB1's ``c`` are tuned on
     ``val_tasks`` bandits (Duan et al. tuned their baselines too); the Bayes-optimal value is
     exact where the dynamic programme is small (``pulls <= 10``).
@@ -273,10 +274,11 @@ class RLBanditConfig:
     seed: int = 0
     arms: Annotated[tuple[int, ...], Rule(low=2, high=1000)] = (5, 10)
     pulls: Annotated[tuple[int, ...], Rule(low=1, high=10**4)] = (10, 100)
-    outer_steps: Annotated[tuple[int, ...], Rule(low=1, high=10**7)] = (2000, 600)
-    meta_batch: Count = 512
+    outer_steps: Annotated[tuple[int, ...], Rule(low=1, high=10**7)] = (3000, 800)
+    meta_batch: Count = 256
     hidden: Count = 128
-    lr: PositiveRate = 3e-3
+    lr: PositiveRate = 1e-3
+    clip_grad_norm: PositiveRate = 0.5
     entropy_coef: Annotated[float, Rule(low=0.0, high=1.0)] = 0.0
     epochs: Count = 4
     val_tasks: Count = 1000
@@ -325,7 +327,9 @@ def run_rl_bandit(config: RLBanditConfig, *, out_dir: str | Path | None = None,
         label = f"k={k},n={n}"
         env = bernoulli_bandit(k, n)
         policy = gru_policy(1, k, hidden=config.hidden)
-        learner = rl2(env, policy, optax.adam(config.lr), meta_batch=config.meta_batch,
+        opt = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm),
+                          optax.adam(config.lr))
+        learner = rl2(env, policy, opt, meta_batch=config.meta_batch,
                       epochs=config.epochs, entropy_coef=config.entropy_coef)
         name = f"rl2_{label}"
         checkpointer = None
