@@ -15,13 +15,9 @@ Examples:
     >>> from metajax import rl
     >>> env = rl.point_navigation(horizon=10)
     >>> pi = rl.gaussian_mlp_policy(2, 2, hidden=(16,))
-    >>> learner = rl.maml_rl(env, pi, num_episodes=4, meta_batch=3)
+    >>> learner = rl.maml_rl(env, pi, num_episodes=4, meta_batch=3)   # a MetaLearner
     >>> state = learner.init(pi.init(jax.random.PRNGKey(0)))
-    >>> state, metrics = jax.jit(learner.step)(state, jax.random.PRNGKey(1))
-    >>> goals = env.sample_tasks(jax.random.PRNGKey(2), 5)
-    >>> rl.adaptation_returns(env, pi, state.params, jax.random.PRNGKey(3), goals,
-    ...                       lrs=(0.5,), num_episodes=4).shape
-    (5, 2)
+    >>> # state, metrics = jax.jit(learner.step)(state, key): one meta-iteration
 """
 
 from metajax._src.rl.advantages import (

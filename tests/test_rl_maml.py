@@ -68,6 +68,7 @@ def test_the_papers_estimator_leaves_out_the_pre_update_term():
     assert np.all(np.abs(g.mean(0) - exact) > 20 * se)  # biased: half the gradient here
 
 
+@pytest.mark.slow
 def test_first_order_differs_from_second_order():
     second = _meta_gradients(500).mean(0)
     first = _meta_gradients(500, first_order=True).mean(0)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.flatten_util import ravel_pytree
 
 from metajax import rl
@@ -38,6 +39,7 @@ def test_reinforce_is_unbiased_for_the_exact_policy_gradient():
     assert np.linalg.norm(exact) > 20 * se.max()  # the test can tell a wrong gradient
 
 
+@pytest.mark.slow
 def test_the_linear_baseline_lowers_the_variance():
     plain = _estimates(rl.reward_to_go_advantages(discount=1.0), n_batches=600)
     based = _estimates(rl.linear_baseline_advantages(discount=1.0, normalize=False),

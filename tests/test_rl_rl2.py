@@ -34,6 +34,7 @@ def test_replay_reproduces_the_sampled_log_probabilities():
     np.testing.assert_allclose(values, trial.values, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ppo_trained_rl2_beats_random_play_on_bandits():
     env = rl.bernoulli_bandit(2, 10)
     pi = rl.gru_policy(1, 2, hidden=16)
