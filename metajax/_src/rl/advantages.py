@@ -37,11 +37,19 @@ def linear_features(traj: Trajectory) -> jax.Array:
 def fit_linear_baseline(traj: Trajectory, returns: jax.Array, *, reg: float = 1e-5
                         ) -> jax.Array:
     """Least-squares values of one task's steps from :func:`linear_features` (ridge ``reg``),
-    fitted to ``returns`` over the steps where ``traj.mask`` is 1; no gradient flows."""
+    fitted to ``returns`` over the steps where ``traj.mask`` is 1; no gradient flows.
+
+    As rllab, a non-finite solution (a numerically singular system, e.g. one-hot observations
+    whose squares repeat them) is solved again with ``reg`` ten times larger, up to four
+    times; if all five fail, the baseline is 0.
+    """
     traj, returns = jax.lax.stop_gradient((traj, returns))
     f = linear_features(traj) * traj.mask[..., None]
     flat, y = f.reshape(-1, f.shape[-1]), (returns * traj.mask).reshape(-1)
-    w = jnp.linalg.solve(flat.T @ flat + reg * jnp.eye(flat.shape[1]), flat.T @ y)
+    gram, rhs, eye = flat.T @ flat, flat.T @ y, jnp.eye(flat.shape[1])
+    ws = jnp.stack([jnp.linalg.solve(gram + reg * 10.0 ** i * eye, rhs) for i in range(5)])
+    ok = jnp.all(jnp.isfinite(ws), axis=1)
+    w = jnp.where(jnp.any(ok), ws[jnp.argmax(ok)], 0.0)
     return (f @ w) * traj.mask
 
 
