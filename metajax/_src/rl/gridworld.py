@@ -7,10 +7,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metajax._src.rl.env import Environment, check_action
 
-MOVES = jnp.array([[-1, 0], [1, 0], [0, -1], [0, 1]])  # up, down, left, right
+MOVES = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]], np.int32)  # up, down, left, right
 
 
 class GridTask(NamedTuple):
@@ -84,7 +85,7 @@ def gridworld(*, size: int = 5, wall_prob: float = 0.2, hazard_prob: float = 0.1
     def step(key, pos, action, task):
         del key
         check_action(action, ())
-        nxt = jnp.clip(pos + MOVES[action], 0, size - 1)
+        nxt = jnp.clip(pos + jnp.asarray(MOVES)[action], 0, size - 1)
         nxt = jnp.where(task.walls[nxt[0], nxt[1]], pos, nxt)
         at_goal = jnp.all(nxt == task.goal)
         reward = (step_reward + jnp.where(at_goal, goal_reward, 0.0)
