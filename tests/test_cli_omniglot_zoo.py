@@ -166,13 +166,6 @@ def test_protomaml_runs_end_to_end(omniglot_cache, tmp_path, monkeypatch, capsys
     assert "| protomaml |" in capsys.readouterr().out
 
 
-def test_bad_cross_domain_way_is_named(omniglot_cache, tmp_path, monkeypatch):
-    monkeypatch.setenv("METAJAX_COMPILATION_CACHE", "")
-    with pytest.raises(ValueError, match="`cross_domain_way` must be an int in \\[2, 2\\]"):
-        cli.main(["run", "omniglot_fomaml", "--out", str(tmp_path / "run"), "--no-progress",
-                  "--set", "n_way=2", "--set", "cross_domain_way=5"])
-
-
 def test_zoo_is_listed(capsys):
     assert cli.main(["list"]) == 0
     listed = capsys.readouterr().out

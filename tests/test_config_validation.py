@@ -32,6 +32,8 @@ BAD = [  # (experiment, overrides, the start of the message after "metajax run N
     ("omniglot_maml", ["k_shot=10", "n_query=15"],
      "n_query: expected k_shot + n_query <= 20 (the images of an Omniglot character)"),
     ("omniglot_maml", ["split=random"], "split: expected one of ('vinyals', 'maml')"),
+    ("omniglot_maml", ["n_way=2", "cross_domain_way=5"], "cross_domain_way: expected at most "
+                                                         "n_way = 2 (the classifier head"),
     ("fewshot_protonet", ["n_informative=64"], "n_informative: expected at most dim (32)"),
     ("gp_cnp", ["min_context=11"], "min_context: expected at most max_context (10); got 11"),
     ("gp_cnp", ["lengthscale=0.1,0.2,0.3"], "lengthscale: expected one value (fixed) or two"),

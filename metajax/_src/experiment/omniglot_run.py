@@ -167,6 +167,15 @@ class OmniglotGradientConfig(OmniglotConfig):
     eval_steps: StepCounts = (1, 3)
     baseline_lrs: Rates = (0.001, 0.003, 0.01, 0.03, 0.1, 0.4, 1.0)
 
+    def validate(self):
+        """:meth:`OmniglotConfig.validate`, and digits episodes no wider than the head."""
+        super().validate()
+        if self.cross_domain and self.cross_domain_way > self.n_way:
+            raise ConfigError(
+                f"cross_domain_way: expected at most n_way = {self.n_way} (the classifier head "
+                f"scores {self.n_way} classes; or set cross_domain=false); got "
+                f"{self.cross_domain_way}.")
+
 
 @dataclasses.dataclass(frozen=True)
 class OmniglotMetricConfig(OmniglotConfig):
