@@ -176,6 +176,29 @@ RUN_FILES = frozenset({"config.json", "metrics.jsonl", "summary.json", "checkpoi
                        "accuracy_vs_time.png"})
 
 
+def _remove_run_files(out: Path) -> None:
+    """Removes what a run writes into ``out`` (and ``out`` itself if that leaves it empty)."""
+    for path in out.glob("*"):
+        if path.name in RUN_FILES:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    with contextlib.suppress(OSError):
+        out.rmdir()
+
+
+# the config fields that set how many tasks (or examples) one training step holds
+BATCH_FIELDS = ("meta_batch", "batch", "n_tasks", "pretrain_batch", "batch_size")
+
+
+def _memory_message(err, config) -> str:
+    """A too-large training step, in the config's own field names."""
+    field = next((f for f in BATCH_FIELDS
+                  if getattr(config, f, None) == err.tasks_per_step), "meta_batch")
+    return (f"{field}: the training step needs about {err.needed / 2**30:.3g} GiB (XLA's "
+            f"estimate for {field} = {err.tasks_per_step}), more than the "
+            f"{err.available / 2**30:.3g} GiB of memory available; lower {field} (nothing "
+            "was trained).")
+
+
 def _write_run_config(out: Path, name: str, config) -> None:
     """``out/config.json`` as ``--resume`` reads it."""
     from metajax._src.experiment.run_io import write_json_atomic
@@ -256,11 +279,16 @@ def _run_workers(args, name: str, out: Path, n: int) -> int:
         for _, log in workers:
             if log is not None:
                 log.close()
-    for i, code in enumerate(codes[1:], start=1):
+    for i, code in enumerate(codes):
+        if i == 0 and code >= 0:  # process 0 has said why, on this terminal
+            continue
         if code != 0 and not code == codes[0] == 130:  # 130: all stopped by Ctrl-C
-            print(f"metajax run {name}: process {i} exited with {code}; see "
-                  f"{out / f'process-{i}.log'}", file=sys.stderr)
-    return codes[0] or next((c for c in codes if c != 0), 0)
+            how = (f"was killed by {signal.Signals(-code).name}" if code < 0
+                   else f"exited with {code}")
+            log = "" if i == 0 else f"; see {out / f'process-{i}.log'}"
+            print(f"metajax run {name}: process {i} {how}{log}", file=sys.stderr)
+    code = codes[0] or next((c for c in codes if c != 0), 0)
+    return 1 if code < 0 else code
 
 
 def _nan_hint(config) -> str:
@@ -289,6 +317,23 @@ def _kept_checkpoints(out: Path) -> str:
 
 
 WORKER_ORPHAN_GRACE_SECONDS = 120.0
+
+# how a collective says that its peer process is gone (Gloo over TCP, the coordination service)
+LOST_PEER = ("gloo", "connection reset", "connection closed", "connection refused",
+             "broken pipe", "heartbeat", "coordination service")
+
+
+def _lost_a_process(err: BaseException) -> bool:
+    """Whether ``err`` is a collective failing because another process died (JAX raises
+    it as a ``JaxRuntimeError`` or, from a collective, a ``ValueError``)."""
+    text = str(err).lower()
+    return isinstance(err, (RuntimeError, ValueError)) and any(w in text for w in LOST_PEER)
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, at most 160 characters."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return line if len(line) <= 160 else line[:157] + "..."
 
 
 def _stop_with_launcher() -> None:
@@ -331,6 +376,7 @@ def _wait_workers(workers, grace: float) -> list[int]:
 
 def _cmd_run(args) -> int:
     from metajax._src.experiment.checkpoint import CheckpointError
+    from metajax._src.experiment.memory import MemoryEstimateError
     from metajax._src.experiment.run_lock import RunLock, RunLockedError
     from metajax._src.experiment.training import Interrupted, NonFiniteLoss
 
@@ -383,6 +429,11 @@ def _cmd_run(args) -> int:
     except CheckpointError as err:
         print(f"metajax run {name}: {err}", file=sys.stderr)
         return 2
+    except MemoryEstimateError as err:
+        if not args.resume:  # no step ran: the directory holds nothing worth keeping
+            _remove_run_files(out)
+        print(f"metajax run {name}: {_memory_message(err, config)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (compiling, evaluating, ...)
         if not args.process_id:
             print(f"\nmetajax run {name}: interrupted. {_kept_checkpoints(out)} Continue with: "
@@ -398,6 +449,17 @@ def _cmd_run(args) -> int:
         print(f"metajax run {name}: stopped by a file error: {err.strerror or err}{where}. "
               f"{_kept_checkpoints(out)} Free space or fix the folder, then: metajax run "
               f"{name} --resume {out}{processes}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        if not (worker and _lost_a_process(err)):
+            raise
+        if not args.process_id:  # the others' logs keep their tracebacks
+            print(f"metajax run {name}: stopped: another process of --processes "
+                  f"{args.processes} is gone ({_first_line(err)}). {_kept_checkpoints(out)} "
+                  f"Continue with: metajax run {name} --resume {out}{processes}",
+                  file=sys.stderr)
+        else:
+            raise
         return 1
     if args.process_id:  # not process 0: the same results, printed by process 0
         return 0

@@ -171,8 +171,36 @@ def test_processes_failed_worker_stops_the_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "WORKER_GRACE_SECONDS", 3.0)
     out = tmp_path / "out"
     assert cli.main(["run", str(module), "--out", str(out), "--processes", "2"]) != 0
-    assert "process 1 exited" in capsys.readouterr().err
+    assert "process 1 exited with 1; see" in capsys.readouterr().err
     assert "worker one broke" in (out / "process-1.log").read_text()
+
+
+def test_processes_a_killed_worker_is_one_line_with_the_resume_command(tmp_path, capfd):
+    """Process 1 is killed (SIGKILL) while process 0 waits for it in a collective: process 0
+    says another process is gone and how to resume, the launcher names the signal; no
+    traceback reaches the terminal."""
+    module = tmp_path / "half_killed.py"
+    module.write_text(
+        "from __future__ import annotations\n"
+        "import dataclasses, os, signal, time\n"
+        "import jax, numpy as np\n"
+        "from jax.experimental import multihost_utils\n"
+        "@dataclasses.dataclass(frozen=True)\n"
+        "class Config:\n"
+        "    x: int = 1\n"
+        "def main(config, out_dir, *, progress=True):\n"
+        "    multihost_utils.process_allgather(np.ones(3))\n"
+        "    if jax.process_index() == 1:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    multihost_utils.process_allgather(np.ones(3))\n"
+    )
+    out = tmp_path / "out"
+    assert cli.main(["run", str(module), "--out", str(out), "--processes", "2"]) == 1
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+    assert "another process of --processes 2 is gone" in err, err
+    assert f"--resume {out} --processes 2" in err
+    assert "process 1 was killed by SIGKILL; see" in err
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ from metajax._src.distributed.processes import (
 )
 from metajax._src.distributed.sharding import replicate, shard_tasks
 from metajax._src.experiment.checkpoint import Checkpointer, CheckpointError
+from metajax._src.experiment.memory import check_fits
 from metajax._src.experiment.signals import any_process, deferred_sigint
 
 
@@ -156,9 +157,10 @@ def _kept(checkpointer: Checkpointer | None) -> str:
 class _Chunks:
     """Compiled chunks of ``n`` outer steps (one program per ``n``) and their checks."""
 
-    def __init__(self, step, sample, *, unroll, mesh, shard_map, n_sample_args):
+    def __init__(self, step, sample, *, unroll, mesh, shard_map, n_sample_args, tasks_per_step):
         self.step, self.sample, self.unroll = step, sample, unroll
         self.mesh, self.shard_map, self.n_sample_args = mesh, shard_map, n_sample_args
+        self.tasks_per_step = tasks_per_step
         self.compiled: dict[int, Callable] = {}
 
     def run(self, n: int, state, key, sample_args):
@@ -166,7 +168,12 @@ class _Chunks:
             multi = make_multi_step(self.step, self.sample, steps_per_call=n, unroll=self.unroll)
             if self.shard_map:
                 multi = process_multi_step(multi, self.mesh, self.n_sample_args)
-            self.compiled[n] = jax.jit(multi, donate_argnums=0)
+            jitted = jax.jit(multi, donate_argnums=0)
+            # compiled ahead once, to refuse a step the memory cannot hold before it runs;
+            # the call below reuses this compilation
+            check_fits(jitted.lower(state, key, *sample_args).compile(),
+                       tasks_per_step=self.tasks_per_step)
+            self.compiled[n] = jitted
         return self.compiled[n](state, key, *sample_args)
 
     def check(self, metrics: dict, current: int) -> None:
@@ -275,6 +282,8 @@ def meta_train(
             show up as a non-finite loss one step later); names the step. The last checkpoint
             written is the last good one.
         Interrupted: after Ctrl-C, once a checkpoint of the current step has been written.
+        MemoryEstimateError: before a chunk first runs, when XLA's memory estimate of its
+            compiled program exceeds the device's free memory (lower ``tasks_per_step``).
     """
     # Chunks donate their input state; copy it so the caller's arrays stay valid.
     state = jax.tree.map(jax.numpy.copy, state)
@@ -299,7 +308,7 @@ def meta_train(
                                          "key": key}), progress_.meta())
 
     chunks = _Chunks(step, sample, unroll=unroll, mesh=mesh, shard_map=shard_map,
-                     n_sample_args=len(sample_args))
+                     n_sample_args=len(sample_args), tasks_per_step=tasks_per_step)
     bar = tqdm(total=num_steps, initial=start, desc=desc, unit="step",
                disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
     chunk_metrics: list[dict] = []
