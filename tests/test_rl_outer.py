@@ -25,21 +25,44 @@ def _surrogate(extra=lambda p: jnp.zeros([])):
         divergence=jax.vmap(PI.kl), kl_weights=jnp.full(64, 1 / 64))
 
 
-def test_fisher_vector_product_is_the_hessian_of_the_kl():
-    s = _surrogate()
-    flat, unravel = ravel_pytree(PARAMS)
+POLICIES = {"gaussian": rl.gaussian_mlp_policy(3, 2, hidden=(6,)),
+            "categorical": rl.categorical_mlp_policy(3, 4, hidden=(6,))}
+
+
+def _policy_surrogate(kind):
+    """A surrogate of ``kind``'s policy at its init (random advantages), and the init."""
+    pi = POLICIES[kind]
+    params = pi.init(jax.random.PRNGKey(0))
+    dist = lambda p: jax.vmap(pi.dist, in_axes=(None, 0))(p, OBS)  # noqa: E731
+    old = dist(params)
+    actions = jax.vmap(pi.sample)(jax.random.split(jax.random.PRNGKey(2), 64), old)
+    old_lp = jax.vmap(pi.log_prob)(old, actions)
+    return rl.Surrogate(
+        logratio=lambda p: jax.vmap(pi.log_prob)(dist(p), actions) - old_lp,
+        advantages=ADV, weights=jnp.full(64, 1 / 64), extra=lambda p: jnp.zeros([]), dist=dist,
+        old_dist=old, divergence=jax.vmap(pi.kl), kl_weights=jnp.full(64, 1 / 64)), params
+
+
+@pytest.mark.parametrize("kind", sorted(POLICIES))
+def test_fisher_vector_product_is_the_hessian_of_the_kl(kind):
+    # the categorical policy's distributions are log-probabilities, in which its KL is
+    # linear: the curvature is all in the softmax, which the product must keep
+    s, params = _policy_surrogate(kind)
+    flat, unravel = ravel_pytree(params)
     v = jax.random.normal(jax.random.PRNGKey(4), flat.shape)
     hvp = jax.jvp(jax.grad(lambda x: rl.mean_kl(s, unravel(x))), (flat,), (v,))[1]
-    np.testing.assert_allclose(rl.fisher_vector_product(s, PARAMS)(v), hvp, rtol=1e-3,
+    assert float(jnp.linalg.norm(hvp)) > 1e-3 * float(jnp.linalg.norm(v))
+    np.testing.assert_allclose(rl.fisher_vector_product(s, params)(v), hvp, rtol=1e-3,
                                atol=1e-5)
 
 
-def test_trpo_step_keeps_the_kl_bound_and_improves_the_surrogate():
-    s = _surrogate()
-    new, _, m = jax.jit(lambda p: rl.trpo(max_kl=0.01).update(p, (), s))(PARAMS)
-    assert float(m["step_accepted"]) == 1.0
+@pytest.mark.parametrize("kind", sorted(POLICIES))
+def test_trpo_step_keeps_the_kl_bound_and_improves_the_surrogate(kind):
+    s, params = _policy_surrogate(kind)
+    new, _, m = jax.jit(lambda p: rl.trpo(max_kl=0.01).update(p, (), s))(params)
+    assert float(m["step_accepted"]) == 1.0 and float(m["backtracks"]) <= 3
     assert float(rl.mean_kl(s, new)) <= 0.01
-    assert float(rl.surrogate_value(s, new)) > float(rl.surrogate_value(s, PARAMS))
+    assert float(rl.surrogate_value(s, new)) > float(rl.surrogate_value(s, params))
     assert float(rl.mean_kl(s, new)) > 0.002  # the step uses the trust region
 
 

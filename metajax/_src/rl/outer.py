@@ -25,7 +25,9 @@ class Surrogate(NamedTuple):
     The trust region is the weighted KL divergence ``sum(kl_weights * divergence(old_dist,
     dist(params)))`` of the action distributions at the sampled observations; its Hessian at
     the sampling parameters (the Fisher matrix) is applied as ``J' H J`` with ``J`` the
-    Jacobian of ``dist`` (exact there, since the divergence's gradient vanishes).
+    Jacobian of ``dist``: exact there, because the divergence's gradient in its second
+    argument vanishes at the old distribution (a categorical KL must be written in logits,
+    not in log-probabilities, in which it is linear and its Hessian 0).
 
     Attributes:
         logratio: ``params -> [...]`` log-probability ratios of the sampled actions against

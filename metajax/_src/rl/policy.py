@@ -21,7 +21,9 @@ class Policy(NamedTuple):
             (a pytree; batch over observations with ``vmap``).
         sample: ``sample(key, d) -> action``.
         log_prob: ``log_prob(d, action) -> scalar``.
-        kl: ``kl(d_old, d_new) -> scalar``: ``KL(pi_old || pi_new)`` at one observation.
+        kl: ``kl(d_old, d_new) -> scalar``: ``KL(pi_old || pi_new)`` at one observation, as
+            a function of ``d_new`` whose gradient vanishes at ``d_new = d_old`` (TRPO's
+            Fisher-vector product is ``J' H J`` with ``J`` the Jacobian of ``dist``).
         entropy: ``entropy(d) -> scalar``.
     """
 
@@ -135,6 +137,9 @@ def categorical_mlp_policy(obs_dim: int, num_actions: int, *, hidden: Sequence[i
         return logp[action]
 
     def kl(logp_old, logp_new):
+        # of the logits: log_softmax is the identity on log-probabilities, but it carries the
+        # softmax's curvature (the KL is linear in log-probabilities, its Hessian there 0)
+        logp_old, logp_new = jax.nn.log_softmax(logp_old), jax.nn.log_softmax(logp_new)
         return jnp.sum(jnp.exp(logp_old) * (logp_old - logp_new))
 
     def entropy(logp):
