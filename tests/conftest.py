@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import pytest
+
+
+def pytest_configure(config):
+    """The fast suite (``-m 'not slow'``, the default) compiles with most of XLA's
+    optimisations off: its programs are tiny and compile-bound, and this halves its time on
+    2 cores. The slow suite (``-m slow``), and any run with ``METAJAX_TEST_FULL_XLA=1``,
+    compile as users do. The environment variable reaches the subprocesses of the CLI tests."""
+    if "not slow" in (config.getoption("markexpr") or "") and os.environ.get(
+            "METAJAX_TEST_FULL_XLA") != "1":
+        os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+        jax.config.update("jax_disable_most_optimizations", True)
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,8 @@ def _run(name, out, overrides, *extra):
 
 @pytest.mark.parametrize("name,extra", [
     ("lopt_quadratics", ["estimator=pes"]),
-    ("lopt_linear_regression", ["optimizer=adam_schedule", "num_knots=2", "meta_loss=final"]),
+    pytest.param("lopt_linear_regression", ["optimizer=adam_schedule", "num_knots=2",
+                                            "meta_loss=final"], marks=pytest.mark.slow),
     pytest.param("lopt_digits_mlp", ["optimizer=lstm", "estimator=es", "batch_size=8",
                                      "mlp_hidden=4"], marks=pytest.mark.slow),
 ])
@@ -87,6 +88,7 @@ def test_bad_choices_are_named_before_work_starts(tmp_path, capsys):
     assert "truncation: expected a divisor of num_steps (4); got 3" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the Omniglot loader has fast tests of its own (test_data_omniglot.py)
 def test_lopt_omniglot_mlp_trains_on_omniglot_images(tmp_path, capsys):
     # the official zip layout with random images: the experiment's data path end to end
     from omniglot_data import write_fake_omniglot

@@ -102,8 +102,8 @@ def test_a_cached_pretraining_trains_once_and_restores_bit_exactly(tmp_path):
 
     images = jax.random.randint(jax.random.PRNGKey(0), (6, 3, 28, 28, 1), 0, 256, jnp.int32)
     images = images.astype(jnp.uint8)
-    config = OmniglotGradientConfig(features=4, n_way=2, pretrain_steps=4, pretrain_batch=5,
-                                    pretrain_cache=str(tmp_path))
+    config = OmniglotGradientConfig(features=4, n_way=2, cross_domain_way=2, pretrain_steps=4,
+                                    pretrain_batch=5, pretrain_cache=str(tmp_path))
 
     def pretrain(config):
         records = []
