@@ -58,3 +58,16 @@ def test_discounted_returns_and_vpg_step():
     for a, b, d in zip(jax.tree.leaves(new), jax.tree.leaves(PARAMS), jax.tree.leaves(g),
                        strict=True):
         np.testing.assert_allclose(a, b + 0.1 * d, rtol=1e-6)
+
+
+def test_spd_solve_equals_numpy_and_is_nan_where_not_positive_definite():
+    from metajax._src.rl.advantages import spd_solve
+
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(12, 30))
+    a, b = m @ m.T + 1e-2 * np.eye(12), rng.normal(size=12)
+    x = jax.jit(jax.vmap(spd_solve))(jnp.asarray(np.stack([a, 2 * a]), jnp.float32),
+                                     jnp.asarray(np.stack([b, b]), jnp.float32))
+    np.testing.assert_allclose(x[0], np.linalg.solve(a, b), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(x[1], np.linalg.solve(2 * a, b), rtol=1e-3, atol=1e-4)
+    assert np.all(np.isnan(spd_solve(jnp.diag(jnp.array([1.0, -1.0])), jnp.ones(2))))

@@ -34,6 +34,38 @@ def linear_features(traj: Trajectory) -> jax.Array:
     return jnp.concatenate([obs, obs ** 2, t, t ** 2, t ** 3, jnp.ones_like(t)], axis=-1)
 
 
+def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``x`` with ``a x = b`` for a symmetric positive definite ``[n, n]`` ``a``, by a Cholesky
+    factorisation written in XLA operations; NaN where ``a`` is not positive definite.
+
+    Not ``jnp.linalg.solve``: batched (under ``vmap`` over tasks), jaxlib's CPU LAPACK kernels
+    split the batch over XLA's intra-op thread pool and, two of them at once, can wait on each
+    other forever on a 2-core machine.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> spd_solve(jnp.array([[4.0, 2.0], [2.0, 3.0]]), jnp.array([2.0, 1.0])).tolist()
+        [0.5, 0.0]
+    """
+    n = a.shape[-1]
+    idx = jnp.arange(n)
+
+    def column(j, low):  # columns >= j of ``low`` are still 0
+        v = a[:, j] - low @ low[j]
+        d = jnp.sqrt(v[j])
+        return low.at[:, j].set(jnp.where(idx > j, v / d, 0.0).at[j].set(d))
+
+    low = jax.lax.fori_loop(0, n, column, jnp.zeros_like(a))
+    y = jax.lax.fori_loop(0, n, lambda i, y: y.at[i].set((b[i] - low[i] @ y) / low[i, i]),
+                          jnp.zeros_like(b))
+
+    def back(k, x):
+        i = n - 1 - k
+        return x.at[i].set((y[i] - low[:, i] @ x) / low[i, i])
+
+    return jax.lax.fori_loop(0, n, back, jnp.zeros_like(b))
+
+
 def fit_linear_baseline(traj: Trajectory, returns: jax.Array, *, reg: float = 1e-5
                         ) -> jax.Array:
     """Least-squares values of one task's steps from :func:`linear_features` (ridge ``reg``),
@@ -47,7 +79,8 @@ def fit_linear_baseline(traj: Trajectory, returns: jax.Array, *, reg: float = 1e
     f = linear_features(traj) * traj.mask[..., None]
     flat, y = f.reshape(-1, f.shape[-1]), (returns * traj.mask).reshape(-1)
     gram, rhs, eye = flat.T @ flat, flat.T @ y, jnp.eye(flat.shape[1])
-    ws = jnp.stack([jnp.linalg.solve(gram + reg * 10.0 ** i * eye, rhs) for i in range(5)])
+    ridges = reg * 10.0 ** jnp.arange(5.0)
+    ws = jax.vmap(lambda r: spd_solve(gram + r * eye, rhs))(ridges)
     ok = jnp.all(jnp.isfinite(ws), axis=1)
     w = jnp.where(jnp.any(ok), ws[jnp.argmax(ok)], 0.0)
     return (f @ w) * traj.mask
