@@ -73,6 +73,7 @@ from metajax._src.experiment.process_run import (
     run_process,
     sample_in_chunks,
 )
+from metajax._src.experiment.rl_gridworld_run import RLGridworldConfig, run_rl_gridworld
 from metajax._src.experiment.rl_run import (
     RLBanditConfig,
     RLNavigationConfig,
@@ -103,8 +104,10 @@ __all__ = [
     "GPProcessConfig",
     "LOptConfig",
     "RLBanditConfig",
+    "RLGridworldConfig",
     "RLNavigationConfig",
     "run_rl_bandit",
+    "run_rl_gridworld",
     "run_rl_navigation",
     "format_paired",
     "paired_comparison",

@@ -47,3 +47,28 @@ def test_bandit_run_continued_from_its_checkpoints_equals_an_uninterrupted_one(t
     assert set(whole["results"]) == {"rl2", "random", "greedy", "epsilon_greedy", "ucb1",
                                      "thompson", "bayes_optimal"}
     assert list(whole["results"]["bayes_optimal"]) == ["k=3,n=5"]  # exact for short trials
+
+
+GRID = ["meta_iterations=4", "rl2_steps=4", "test_tasks=6", "log_every=2", "steps_per_call=2",
+        "hidden=8", "rl2_hidden=8", "size=3", "meta_batch=2", "rl2_meta_batch=4",
+        "num_episodes=3", "eval_episodes=3", "episodes_per_trial=3", "eval_lrs=0.5,0.5"]
+
+
+@pytest.mark.slow
+def test_gridworld_runs_rl2_and_maml_on_the_same_mazes(tmp_path, capsys):
+    out = tmp_path / "grid"
+    assert _run("rl_gridworld", out, GRID) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert list(s["results"]) == ["rl2", "maml", "pretrained", "scratch"]
+    assert list(s["results"]["rl2"]) == ["0", "1", "2"]  # the episodes of a trial
+    assert list(s["results"]["maml"]) == ["0", "1", "2"]  # 0, 1, 2 VPG steps
+    assert all(c["n"] == 6 for row in s["results"].values() for c in row.values())
+    # a step costs 0.01 and the goal pays 1: every episode's return lies in between
+    horizon = 2 * 3 * 3
+    for row in s["results"].values():
+        for cell in row.values():
+            assert -0.51 * horizon - 1e-6 <= cell["mean"] <= 1.0
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in records} == {"maml", "pretrained", "rl2"}
+    assert (out / "returns.png").stat().st_size > 0
+    assert "Held-out mazes" in capsys.readouterr().out

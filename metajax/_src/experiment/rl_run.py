@@ -199,7 +199,8 @@ def _adapted_paths(env, policy, trained, goals, lrs, seed):
     return out
 
 
-def plot_returns_vs_steps(summary: dict, path) -> None:
+def plot_returns_vs_steps(summary: dict, path, *,
+                          xlabel: str = "policy-gradient steps on the new goal") -> None:
     """Mean return (± 95% CI) against the number of VPG steps, ours and the paper's."""
     plt = plots._pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -218,8 +219,8 @@ def plot_returns_vs_steps(summary: dict, path) -> None:
         elif paper:
             ax.plot(range(len(paper)), paper, color=color, ls=":", marker="x",
                     label=f"{name} (paper)")
-    ax.set_xlabel("policy-gradient steps on the new goal")
-    ax.set_ylabel("mean return (40 episodes per goal)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("mean episode return")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
