@@ -30,7 +30,9 @@ from metajax._src.rl.advantages import (
 from metajax._src.rl.bandit import bernoulli_bandit
 from metajax._src.rl.bandit_baselines import (
     BanditRule,
+    bandit_rule_pulls,
     bayes_optimal_value,
+    expected_regret,
     greedy_rule,
     random_rule,
     run_bandit_rule,
@@ -84,6 +86,7 @@ __all__ = [
     "Trial",
     "adapt_policy",
     "adaptation_returns",
+    "bandit_rule_pulls",
     "bayes_optimal_value",
     "bernoulli_bandit",
     "categorical_mlp_policy",
@@ -92,6 +95,7 @@ __all__ = [
     "discounted_returns",
     "episode_returns",
     "expected_return",
+    "expected_regret",
     "fisher_vector_product",
     "fit_linear_baseline",
     "gaussian_mlp_policy",

@@ -47,6 +47,11 @@ def test_bandit_run_continued_from_its_checkpoints_equals_an_uninterrupted_one(t
     assert set(whole["results"]) == {"rl2", "random", "greedy", "epsilon_greedy", "ucb1",
                                      "thompson", "bayes_optimal"}
     assert list(whole["results"]["bayes_optimal"]) == ["k=3,n=5"]  # exact for short trials
+    regret = whole["regret"]
+    assert list(regret) == ["k=3,n=5", "k=2,n=12"]
+    assert [len(c) for c in regret["k=2,n=12"].values()] == [12] * 6
+    assert set(regret["k=3,n=5"]) == set(whole["results"]) - {"bayes_optimal"}
+    assert (tmp_path / "whole" / "regret.png").stat().st_size > 0
 
 
 GRID = ["meta_iterations=4", "rl2_steps=4", "test_tasks=6", "log_every=2", "steps_per_call=2",

@@ -57,3 +57,19 @@ def test_ucb1_pulls_every_arm_once_first():
 def test_bad_options_are_named(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_pulls_sum_to_the_totals_and_random_pulls_have_the_expected_regret():
+    probs = jax.random.uniform(jax.random.PRNGKey(0), (4000, 4))
+    key, n = jax.random.PRNGKey(1), 12
+    rewards, arms = rl.bandit_rule_pulls(rl.random_rule(), probs, key, num_pulls=n)
+    np.testing.assert_array_equal(rewards.sum(-1),
+                                  rl.run_bandit_rule(rl.random_rule(), probs, key, num_pulls=n))
+    regret = np.asarray(rl.expected_regret(probs, arms))
+    assert np.all(np.diff(regret, axis=1) >= -1e-6)  # cumulative: never decreases
+    # a uniformly random arm loses max(p) - mean(p) per pull in expectation
+    exact = n * (probs.max(-1) - probs.mean(-1))
+    err = regret[:, -1] - np.asarray(exact)
+    assert abs(err.mean()) < 4 * err.std() / np.sqrt(err.size)
+    best = jnp.argmax(probs, -1)[:, None] * jnp.ones((1, n), jnp.int32)
+    np.testing.assert_allclose(rl.expected_regret(probs, best), 0.0)

@@ -312,17 +312,18 @@ def run_rl_bandit(config: RLBanditConfig, *, out_dir: str | Path | None = None,
         ``{"metric": "trial_return", "results": {method: {"k=5,n=10": {mean, ci95, n}, ...}}}``
         for ``rl2``, ``random``, ``greedy``, ``epsilon_greedy``, ``ucb1``, ``thompson`` and
         (where exact) ``bayes_optimal``; ``tuned`` holds the tuned options, ``paper`` Duan et
-        al.'s Table 1 rows.
+        al.'s Table 1 rows, ``regret[setting][method]`` the mean cumulative expected regret
+        after each pull (also plotted in ``regret.png``).
     """
     import optax
 
     from metajax._src.rl import bandit_baselines as bb
     from metajax._src.rl.bandit import bernoulli_bandit
-    from metajax._src.rl.rl2 import gru_policy, rl2, trial_returns
+    from metajax._src.rl.rl2 import gru_policy, rl2, rollout_trial
 
     writer = RunWriter(out_dir) if out_dir is not None else None
     results: dict[str, dict] = {}
-    tuned, train_seconds = {}, {}
+    tuned, train_seconds, regret = {}, {}, {}
     for i, (k, n, steps) in enumerate(zip(config.arms, config.pulls, config.outer_steps,
                                           strict=True)):
         label = f"k={k},n={n}"
@@ -356,14 +357,21 @@ def run_rl_bandit(config: RLBanditConfig, *, out_dir: str | Path | None = None,
         eps = max(config.epsilons, key=lambda e: run(bb.greedy_rule(epsilon=e), val).mean())
         c = max(config.ucb_cs, key=lambda c: run(bb.ucb1_rule(c=c), val).mean())
         tuned[label] = {"epsilon": eps, "ucb1_c": c}
-        totals = {
-            "rl2": np.asarray(jax.jit(lambda p, env=env, policy=policy, test=test: trial_returns(
-                env, policy, p, split_key(config.seed, "test"), test))(result.state.params)),
-            "random": run(bb.random_rule(), test), "greedy": run(bb.greedy_rule(), test),
-            "epsilon_greedy": run(bb.greedy_rule(epsilon=eps), test),
-            "ucb1": run(bb.ucb1_rule(c=c), test), "thompson": run(bb.thompson_rule(), test)}
-        for method, values in totals.items():
-            results.setdefault(method, {})[label] = mean_ci95(values)._asdict()
+        key = split_key(config.seed, "test")
+        trials = jax.jit(lambda p, env=env, policy=policy, test=test: jax.vmap(
+            lambda k, t: rollout_trial(env, policy, p, k, t))(
+            jax.random.split(key, test.shape[0]), test))(result.state.params)
+        pulls = {"rl2": (trials.rewards, trials.actions)}
+        for method, rule in {"random": bb.random_rule(), "greedy": bb.greedy_rule(),
+                             "epsilon_greedy": bb.greedy_rule(epsilon=eps),
+                             "ucb1": bb.ucb1_rule(c=c), "thompson": bb.thompson_rule()}.items():
+            pulls[method] = jax.jit(lambda p, rule=rule, n=n: bb.bandit_rule_pulls(
+                rule, p, key, num_pulls=n))(test)
+        for method, (rewards, arms) in pulls.items():
+            results.setdefault(method, {})[label] = mean_ci95(
+                np.asarray(rewards.sum(-1)))._asdict()
+            regret.setdefault(label, {})[method] = np.asarray(
+                bb.expected_regret(test, arms).mean(0)).tolist()
         if n <= 10:
             value = bb.bayes_optimal_value(k, n)
             results.setdefault("bayes_optimal", {})[label] = {"mean": value, "ci95": 0.0,
@@ -373,10 +381,29 @@ def run_rl_bandit(config: RLBanditConfig, *, out_dir: str | Path | None = None,
                "caption": f"Held-out bandits: total reward per trial (mean ± 95% CI over "
                           f"{config.test_tasks} bandits; bayes_optimal is exact; higher is "
                           f"better):",
-               "tuned": tuned, "paper": PAPER_BANDITS, "train_seconds": train_seconds}
+               "tuned": tuned, "paper": PAPER_BANDITS, "train_seconds": train_seconds,
+               "regret": regret}
     if writer is not None:
         writer.write("summary.json", summary)
         plots.plot_learning_curve(read_records(writer.path("metrics.jsonl")),
                                   writer.path("learning_curve.png"), metric="trial_return",
                                   log_scale=False)
+        plot_bandit_regret(regret, writer.path("regret.png"))
     return summary
+
+
+def plot_bandit_regret(regret: dict, path) -> None:
+    """Mean cumulative expected regret against the pull, one panel per bandit setting."""
+    plt = plots._pyplot()
+    fig, axes = plt.subplots(1, len(regret), figsize=(5 * len(regret), 3.8), squeeze=False)
+    for ax, (label, curves) in zip(axes[0], regret.items(), strict=True):
+        for method, curve in curves.items():
+            ax.plot(range(1, len(curve) + 1), curve, label=method,
+                    lw=2.0 if method == "rl2" else 1.0)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("pull")
+        ax.set_ylabel("cumulative expected regret")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    plots._save(fig, path)

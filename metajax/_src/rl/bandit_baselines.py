@@ -62,6 +62,13 @@ def run_bandit_rule(rule: BanditRule, probs: jax.Array, key: jax.Array, *, num_p
                     ) -> jax.Array:
     """Total reward of ``rule`` over ``num_pulls`` pulls of each task of ``probs`` ``[n, k]``
     (one ``lax.scan`` over pulls, one ``vmap`` over tasks)."""
+    return bandit_rule_pulls(rule, probs, key, num_pulls=num_pulls)[0].sum(-1)
+
+
+def bandit_rule_pulls(rule: BanditRule, probs: jax.Array, key: jax.Array, *, num_pulls: int
+                      ) -> tuple[jax.Array, jax.Array]:
+    """The rewards and the arms ``[n, num_pulls]`` of ``rule`` on each task of ``probs``
+    (the pulls that :func:`run_bandit_rule` sums)."""
 
     def one(p, key):
         def body(carry, k):
@@ -70,14 +77,29 @@ def run_bandit_rule(rule: BanditRule, probs: jax.Array, key: jax.Array, *, num_p
             arm = rule(k_act, s, f, t)
             r = jax.random.bernoulli(k_pay, p[arm]).astype(jnp.float32)
             hot = jax.nn.one_hot(arm, p.shape[0])
-            return (s + r * hot, f + (1 - r) * hot, t + 1), r
+            return (s + r * hot, f + (1 - r) * hot, t + 1), (r, arm)
 
         zeros = jnp.zeros(p.shape[0])
-        _, rewards = jax.lax.scan(body, (zeros, zeros, jnp.float32(0)),
-                                  jax.random.split(key, num_pulls))
-        return rewards.sum()
+        _, out = jax.lax.scan(body, (zeros, zeros, jnp.float32(0)),
+                              jax.random.split(key, num_pulls))
+        return out
 
     return jax.vmap(one)(probs, jax.random.split(key, probs.shape[0]))
+
+
+def expected_regret(probs: jax.Array, arms: jax.Array) -> jax.Array:
+    """Cumulative expected regret ``sum_t max(p) - p[arm_t]`` after each pull: ``[n, T]`` from
+    ``probs`` ``[n, k]`` and the pulled ``arms`` ``[n, T]`` (the pseudo-regret: no reward
+    noise).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> regret = expected_regret(jnp.array([[0.2, 0.9]]), jnp.array([[0, 1, 0]]))
+        >>> [round(r, 4) for r in regret[0].tolist()]
+        [0.7, 0.7, 1.4]
+    """
+    best = jnp.max(probs, axis=-1, keepdims=True)
+    return jnp.cumsum(best - jnp.take_along_axis(probs, arms, axis=-1), axis=-1)
 
 
 def bayes_optimal_value(num_arms: int, num_pulls: int) -> float:
