@@ -1,4 +1,5 @@
-"""Meta-RL reproductions: MAML-RL on 2-D navigation and RL^2 on bandits, next to the papers.
+"""Meta-RL reproductions: MAML-RL on 2-D navigation and RL^2 on bandits, next to the papers,
+and RL^2 against MAML-RL on the gridworld.
 
 Each run is ``metajax run <experiment> --out runs/rl/<experiment>`` (an interrupted one is
 continued with ``--resume``); its ``summary.json`` is copied to
@@ -19,14 +20,13 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-RUNS = ("rl_navigation_maml", "rl_bandit_rl2")
+RUNS = ("rl_navigation_maml", "rl_bandit_rl2", "rl_gridworld")
 
 
 def command(run: str, out: Path) -> list[str]:
@@ -89,19 +89,36 @@ def bandits(s: dict) -> list[str]:
                     f"time: {minutes:.1f} min."]
 
 
-def report(done: dict[str, Path]) -> str:
+def gridworld(s: dict) -> list[str]:
+    stages = sorted({k for row in s["results"].values() for k in row}, key=int)
+    lines = ["| method | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    for name, row in s["results"].items():
+        lines.append(f"| {name} | " + " | ".join(_cell(row[k]) if k in row else "–"
+                                                  for k in stages) + " |")
+    minutes = sum(s["train_seconds"].values()) / 60
+    return lines + ["", s["caption"] + f" Training time, all methods: {minutes:.1f} min."]
+
+
+def report(done: dict[str, dict]) -> str:
     lines = ["# Meta-reinforcement learning", "",
-             f"Date {datetime.date.today().isoformat()}; hardware: {platform.machine()}, "
-             f"{os.cpu_count()} CPU cores; {versions()}.", ""]
+             f"Hardware: {platform.machine()}, {os.cpu_count()} CPU cores; {versions()}. Each "
+             "section gives the date of its run.", ""]
     if "rl_navigation_maml" in done:
-        s = json.loads((done["rl_navigation_maml"] / "summary.json").read_text())
+        s = done["rl_navigation_maml"]
         lines += ["## MAML-RL on 2-D navigation (`metajax run rl_navigation_maml`)", "",
+                  f"Run {s.get('date', 'date not recorded')}.",
                   "The paper's numbers are Finn et al. (2017), Fig. 5, from the result pickles "
                   "of cbfinn/maml_rl.", ""] + navigation(s) + [""]
     if "rl_bandit_rl2" in done:
-        s = json.loads((done["rl_bandit_rl2"] / "summary.json").read_text())
+        s = done["rl_bandit_rl2"]
         lines += ["## RL^2 on Bernoulli bandits (`metajax run rl_bandit_rl2`)", "",
+                  f"Run {s.get('date', 'date not recorded')}.",
                   "The paper's numbers are Duan et al. (2016), Table 1.", ""] + bandits(s) + [""]
+    if "rl_gridworld" in done:
+        lines += ["## RL^2 and MAML-RL on changing mazes (`metajax run rl_gridworld`)", "",
+                  f"Run {done['rl_gridworld'].get('date', '')}.",
+                  "No published numbers: the gridworld is metajax's own.", ""] + gridworld(
+                      done["rl_gridworld"]) + [""]
     return "\n".join(lines)
 
 
@@ -114,9 +131,14 @@ def main() -> None:
     if not args.report:
         for run in args.runs:
             subprocess.run(command(run, args.out / run), check=True)
-    done = {run: args.out / run for run in RUNS if (args.out / run / "summary.json").exists()}
-    for run, out in done.items():
-        shutil.copy(out / "summary.json", RESULTS / f"{run}.summary.json")
+    for run in RUNS:  # a finished run replaces its stored summary (dated); the others are kept
+        if (args.out / run / "summary.json").exists():
+            s = json.loads((args.out / run / "summary.json").read_text())
+            s.setdefault("date", datetime.date.fromtimestamp(
+                (args.out / run / "summary.json").stat().st_mtime).isoformat())
+            (RESULTS / f"{run}.summary.json").write_text(json.dumps(s, indent=2) + "\n")
+    done = {run: json.loads((RESULTS / f"{run}.summary.json").read_text()) for run in RUNS
+            if (RESULTS / f"{run}.summary.json").exists()}
     (RESULTS / "meta_rl.md").write_text(report(done))
     print(f"wrote {RESULTS / 'meta_rl.md'}")
 
