@@ -31,8 +31,8 @@ from metajax._src.experiment.config import (
     TestTasks,
     validate_config,
 )
+from metajax._src.experiment.rl_run import plot_returns_vs_steps, train_method
 from metajax._src.experiment.run_io import RunWriter, read_records
-from metajax._src.experiment.training import meta_train
 from metajax._src.tasks.streams import split_key
 
 Probability = Annotated[float, Rule(low=0.0, high=0.9)]
@@ -80,22 +80,6 @@ class RLGridworldConfig:
         validate_config(self)
 
 
-def _meta_train(config, learner, params, *, name, index, steps, tasks_per_step, writer,
-                progress):
-    checkpointer = None
-    if writer is not None:
-        checkpointer = writer.checkpointer(name)
-        done = checkpointer.steps()
-        writer.drop_records_after(name, done[-1] if done else 0)
-    return meta_train(
-        learner.step, learner.init(params), lambda key: key,
-        key=jax.random.fold_in(split_key(config.seed, "train"), index), num_steps=steps,
-        tasks_per_step=tasks_per_step, steps_per_call=config.steps_per_call,
-        log_every=config.log_every,
-        on_record=(lambda r: writer.log({"method": name, **r})) if writer else None,
-        checkpointer=checkpointer, progress=progress, desc=name)
-
-
 def run_rl_gridworld(config: RLGridworldConfig, *, out_dir: str | Path | None = None,
                      progress: bool = True) -> dict:
     """Trains MAML-RL, the pretrained policy and RL^2; tests them with a random init on the
@@ -122,14 +106,15 @@ def run_rl_gridworld(config: RLGridworldConfig, *, out_dir: str | Path | None = 
                   outer=trpo(max_kl=config.max_kl))
     writer = RunWriter(out_dir) if out_dir is not None else None
     init = policy.init(jax.random.PRNGKey(config.seed))
+    train_key = lambda i: jax.random.fold_in(split_key(config.seed, "train"), i)  # noqa: E731
     trained, train_seconds = {"scratch": init}, {}
     for index, (name, learner) in enumerate({
             "maml": maml_rl(env, policy, inner_lr=config.inner_lr,
                             first_order=config.first_order, **common),
             "pretrained": joint_training(env, policy, **common)}.items()):
-        result = _meta_train(config, learner, init, name=name, index=index,
-                             steps=config.meta_iterations, tasks_per_step=config.meta_batch,
-                             writer=writer, progress=progress)
+        result = train_method(learner, init, name=name, key=train_key(index),
+                              steps=config.meta_iterations, tasks_per_step=config.meta_batch,
+                              config=config, writer=writer, progress=progress)
         trained[name], train_seconds[name] = result.state.params, result.train_seconds
 
     recurrent = gru_policy(obs_dim, env.num_actions, hidden=config.rl2_hidden)
@@ -137,10 +122,10 @@ def run_rl_gridworld(config: RLGridworldConfig, *, out_dir: str | Path | None = 
     learner = rl2(env, recurrent, opt, meta_batch=config.rl2_meta_batch,
                   episodes_per_trial=config.episodes_per_trial, epochs=config.epochs,
                   entropy_coef=config.entropy_coef)
-    result = _meta_train(config, learner, recurrent.init(jax.random.PRNGKey(config.seed)),
-                         name="rl2", index=2, steps=config.rl2_steps,
-                         tasks_per_step=config.rl2_meta_batch, writer=writer,
-                         progress=progress)
+    result = train_method(learner, recurrent.init(jax.random.PRNGKey(config.seed)), name="rl2",
+                          key=train_key(2), steps=config.rl2_steps,
+                          tasks_per_step=config.rl2_meta_batch, config=config, writer=writer,
+                          progress=progress)
     train_seconds["rl2"] = result.train_seconds
 
     test = env.sample_tasks(split_key(config.seed, "test"), config.test_tasks)
@@ -172,8 +157,6 @@ def run_rl_gridworld(config: RLGridworldConfig, *, out_dir: str | Path | None = 
         plots.plot_learning_curve(read_records(writer.path("metrics.jsonl")),
                                   writer.path("learning_curve.png"), metric="loss",
                                   log_scale=False)
-        from metajax._src.experiment.rl_run import plot_returns_vs_steps
-
         plot_returns_vs_steps(summary, writer.path("returns.png"),
                               xlabel="VPG steps (maml, pretrained, scratch) / earlier "
                                      "episodes of the trial (rl2)")

@@ -78,20 +78,23 @@ class RLNavigationConfig:
         validate_config(self)
 
 
-def _train(config, learner, params, seed, index, name, writer, validate, progress):
+def train_method(learner, params, *, name: str, key, steps: int, tasks_per_step: int, config,
+                 writer: RunWriter | None, progress: bool, checkpoint_name: str | None = None,
+                 **options):
+    """Meta-trains one named method of an RL experiment with its own checkpoints and records
+    (``config.steps_per_call`` / ``log_every``; ``options`` go to :func:`meta_train`); a resumed
+    run drops the records after the last checkpoint."""
     checkpointer = None
     if writer is not None:
-        checkpointer = writer.checkpointer(name)
-        steps = checkpointer.steps()
-        writer.drop_records_after(name, steps[-1] if steps else 0)
+        checkpointer = writer.checkpointer(checkpoint_name or name)
+        done = checkpointer.steps()
+        writer.drop_records_after(name, done[-1] if done else 0)
     return meta_train(
-        learner.step, learner.init(params), lambda k: k,
-        key=jax.random.fold_in(split_key(seed, "train"), index),
-        num_steps=config.meta_iterations, tasks_per_step=config.meta_batch,
-        steps_per_call=config.steps_per_call, log_every=config.log_every, validate=validate,
-        val_every=config.val_every, val_metric="return", higher_is_better=True,
+        learner.step, learner.init(params), lambda k: k, key=key, num_steps=steps,
+        tasks_per_step=tasks_per_step, steps_per_call=config.steps_per_call,
+        log_every=config.log_every,
         on_record=(lambda r: writer.log({"method": name, **r})) if writer else None,
-        checkpointer=checkpointer, progress=progress, desc=name)
+        checkpointer=checkpointer, progress=progress, desc=name, **options)
 
 
 def run_rl_navigation(config: RLNavigationConfig, *, out_dir: str | Path | None = None,
@@ -133,8 +136,13 @@ def run_rl_navigation(config: RLNavigationConfig, *, out_dir: str | Path | None 
                 e, pi, p, split_key(seed, "val"), val_goals, lrs=m,
                 num_episodes=config.num_episodes)[:, -1].mean())
             init = pi.init(jax.random.fold_in(jax.random.PRNGKey(seed), 1))
-            result = _train(config, learner, init, seed, index, f"{name}_seed{seed}", writer,
-                            lambda p, val=val: {"return": float(val(p))}, progress)
+            result = train_method(
+                learner, init, name=f"{name}_seed{seed}",
+                key=jax.random.fold_in(split_key(seed, "train"), index),
+                steps=config.meta_iterations, tasks_per_step=config.meta_batch, config=config,
+                writer=writer, progress=progress,
+                validate=lambda p, val=val: {"return": float(val(p))},
+                val_every=config.val_every, val_metric="return", higher_is_better=True)
             trained[name] = result.best_params
             train_seconds[f"{name}_seed{seed}"] = result.train_seconds
         for name, params in trained.items():
@@ -334,18 +342,11 @@ def run_rl_bandit(config: RLBanditConfig, *, out_dir: str | Path | None = None,
         learner = rl2(env, policy, opt, meta_batch=config.meta_batch,
                       epochs=config.epochs, entropy_coef=config.entropy_coef)
         name = f"rl2_{label}"
-        checkpointer = None
-        if writer is not None:
-            checkpointer = writer.checkpointer(name.replace("=", "").replace(",", "_"))
-            done = checkpointer.steps()
-            writer.drop_records_after(name, done[-1] if done else 0)
-        result = meta_train(
-            learner.step, learner.init(policy.init(jax.random.PRNGKey(config.seed))),
-            lambda key: key, key=jax.random.fold_in(split_key(config.seed, "train"), i),
-            num_steps=steps, tasks_per_step=config.meta_batch,
-            steps_per_call=config.steps_per_call, log_every=config.log_every,
-            on_record=(lambda r, name=name: writer.log({"method": name, **r})) if writer
-            else None, checkpointer=checkpointer, progress=progress, desc=name)
+        result = train_method(
+            learner, policy.init(jax.random.PRNGKey(config.seed)), name=name,
+            checkpoint_name=name.replace("=", "").replace(",", "_"),
+            key=jax.random.fold_in(split_key(config.seed, "train"), i), steps=steps,
+            tasks_per_step=config.meta_batch, config=config, writer=writer, progress=progress)
         train_seconds[label] = result.train_seconds
         val = env.sample_tasks(jax.random.fold_in(split_key(config.seed, "val"), i),
                                config.val_tasks)
