@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from metajax._src.rl.env import Environment, check_action
+from metajax._src.rl.env import Environment, check_action, check_int
 
 
 def bernoulli_bandit(num_arms: int, num_pulls: int) -> Environment:
@@ -27,10 +27,8 @@ def bernoulli_bandit(num_arms: int, num_pulls: int) -> Environment:
         >>> p.shape, env.horizon
         ((3, 5), 10)
     """
-    if not isinstance(num_arms, int) or num_arms < 2:
-        raise ValueError(f"`num_arms`: expected an int >= 2 (k arms); got {num_arms!r}.")
-    if not isinstance(num_pulls, int) or num_pulls < 1:
-        raise ValueError(f"`num_pulls`: expected an int >= 1 (the horizon); got {num_pulls!r}.")
+    num_arms = check_int("num_arms", num_arms, low=2, note=" (k arms)")
+    num_pulls = check_int("num_pulls", num_pulls, note=" (the horizon)")
 
     def reset(key, p):
         del key, p

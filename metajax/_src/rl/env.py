@@ -68,6 +68,23 @@ def check_environment(env: Environment, *, name: str = "env") -> Environment:
     return env
 
 
+def check_int(name: str, value, *, low: int = 1, note: str = "") -> int:
+    """``value`` as an ``int`` once it is an integer (not a bool) of at least ``low``; else a
+    ``ValueError`` naming the argument ``name`` (``note`` says what the value is).
+
+    Examples:
+        >>> check_int("num_pulls", 10)
+        10
+        >>> check_int("num_arms", 1, low=2, note=" (k arms)")
+        Traceback (most recent call last):
+        ...
+        ValueError: `num_arms`: expected an int >= 2 (k arms); got 1.
+    """
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
+        raise ValueError(f"`{name}`: expected an int >= {low}{note}; got {value!r}.")
+    return int(value)
+
+
 def check_action(action: jax.Array, shape: tuple[int, ...], *, name: str = "action") -> None:
     """Raises a ``ValueError`` naming ``name`` when ``action`` does not have ``shape``."""
     if np.shape(action) != tuple(shape):

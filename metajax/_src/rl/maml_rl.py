@@ -10,7 +10,7 @@ import numpy as np
 
 from metajax._src.core.types import MetaLearner, MetaState
 from metajax._src.rl.advantages import AdvantageFn, linear_baseline_advantages
-from metajax._src.rl.env import Environment, check_environment
+from metajax._src.rl.env import Environment, check_environment, check_int
 from metajax._src.rl.outer import PolicyOptimizer, Surrogate, trpo
 from metajax._src.rl.pg import log_probs, vpg_update
 from metajax._src.rl.policy import Policy
@@ -54,12 +54,6 @@ def adapt_policy(policy: Policy, params: PyTree, trajectories, advantages, *, lr
 
 def _dists(policy, params, obs):
     return jax.vmap(jax.vmap(policy.dist, in_axes=(None, 0)), in_axes=(None, 0))(params, obs)
-
-
-def _check(name, value, kind=int, low=1):
-    if not isinstance(value, kind) or isinstance(value, bool) or value < low:
-        raise ValueError(f"`{name}`: expected {'an int' if kind is int else 'a number'} >= "
-                         f"{low}; got {value!r}.")
 
 
 def maml_rl(env: Environment, policy: Policy, *, inner_lr: float = 0.5, inner_steps: int = 1,
@@ -122,9 +116,9 @@ def maml_rl(env: Environment, policy: Policy, *, inner_lr: float = 0.5, inner_st
         (1, True)
     """
     check_environment(env)
-    _check("inner_steps", inner_steps, low=0)
-    _check("num_episodes", num_episodes)
-    _check("meta_batch", meta_batch)
+    check_int("inner_steps", inner_steps, low=0)
+    check_int("num_episodes", num_episodes)
+    check_int("meta_batch", meta_batch)
     if not isinstance(inner_lr, int | float) or inner_lr <= 0:
         raise ValueError(f"`inner_lr`: expected a positive number; got {inner_lr!r}.")
     outer = trpo() if outer is None else outer
@@ -231,7 +225,7 @@ def adaptation_returns(env: Environment, policy: Policy, params: PyTree, key: ja
         ``[tasks, len(lrs) + 1]`` mean returns.
     """
     check_environment(env)
-    _check("num_episodes", num_episodes)
+    check_int("num_episodes", num_episodes)
     lrs = tuple(float(lr) for lr in lrs)
     adv_fn = advantages or linear_baseline_advantages()
     n = {np.shape(leaf)[0] for leaf in jax.tree.leaves(tasks)}

@@ -11,6 +11,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from metajax._src.core.implicit import conjugate_gradient
+from metajax._src.rl.env import check_int
 
 PyTree = Any
 
@@ -105,9 +106,8 @@ def trpo(*, max_kl: float = 0.01, cg_iters: int = 10, cg_damping: float = 1e-5,
     if not 0.0 < backtrack_ratio < 1.0:
         raise ValueError(f"`backtrack_ratio`: expected a number in (0, 1); got "
                          f"{backtrack_ratio!r}.")
-    for name, v in (("cg_iters", cg_iters), ("max_backtracks", max_backtracks)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"`{name}`: expected an int >= 1; got {v!r}.")
+    check_int("cg_iters", cg_iters)
+    check_int("max_backtracks", max_backtracks)
 
     def update(params, state, s: Surrogate):
         flat, unravel = ravel_pytree(params)
@@ -157,8 +157,7 @@ def ppo_clip(optimizer: optax.GradientTransformation, *, clip: float = 0.2, epoc
     """
     if not 0.0 < clip < 1.0:
         raise ValueError(f"`clip`: expected a number in (0, 1); got {clip!r}.")
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"`epochs`: expected an int >= 1; got {epochs!r}.")
+    check_int("epochs", epochs)
 
     def update(params, state, s: Surrogate):
         loss = lambda p: -surrogate_value(s, p, clip=clip)  # noqa: E731

@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from metajax._src.rl.env import check_int
+
 PyTree = Any
 
 
@@ -35,15 +37,17 @@ class Policy(NamedTuple):
     entropy: Callable[[PyTree], jax.Array]
 
 
+def glorot_uniform(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    """Glorot-uniform weights of a ``[fan_in, fan_out]`` matrix: ``U[-b, b]``,
+    ``b = sqrt(6 / (fan_in + fan_out))``."""
+    bound = math.sqrt(6.0 / sum(shape))
+    return jax.random.uniform(key, shape, minval=-bound, maxval=bound)
+
+
 def _mlp_init(key, sizes: Sequence[int]) -> list[dict]:
-    layers = []
-    for k, (n_in, n_out) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:],
-                                                                          strict=True),
-                                strict=True):
-        bound = math.sqrt(6.0 / (n_in + n_out))  # Glorot uniform, zero biases
-        layers.append({"w": jax.random.uniform(k, (n_in, n_out), minval=-bound, maxval=bound),
-                       "b": jnp.zeros(n_out)})
-    return layers
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [{"w": glorot_uniform(k, (n_in, n_out)), "b": jnp.zeros(n_out)}
+            for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True)]
 
 
 def _mlp_apply(layers, x, activation):
@@ -56,8 +60,7 @@ def _mlp_apply(layers, x, activation):
 
 def _check_sizes(name: str, obs_dim, out_dim, hidden) -> tuple[int, ...]:
     for arg, v in (("obs_dim", obs_dim), (name, out_dim)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"`{arg}`: expected an int >= 1; got {v!r}.")
+        check_int(arg, v)
     hidden = tuple(hidden)
     if any(not isinstance(h, int) or h < 1 for h in hidden):
         raise ValueError(f"`hidden`: expected positive ints; got {hidden!r}.")

@@ -3,7 +3,6 @@ the episodes of a trial, trained with PPO; the learning algorithm lives in its a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -13,7 +12,8 @@ import optax
 
 from metajax._src.core.types import MetaLearner, MetaState
 from metajax._src.rl.advantages import discounted_returns
-from metajax._src.rl.env import Environment, check_environment
+from metajax._src.rl.env import Environment, check_environment, check_int
+from metajax._src.rl.policy import glorot_uniform
 
 PyTree = Any
 
@@ -58,18 +58,14 @@ def gru_policy(obs_dim: int, num_actions: int, *, hidden: int = 64) -> Recurrent
         ((16,), (3,), ())
     """
     for name, v in (("obs_dim", obs_dim), ("num_actions", num_actions), ("hidden", hidden)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"`{name}`: expected an int >= 1; got {v!r}.")
+        check_int(name, v)
     n_in = obs_dim + num_actions + 2
-
-    def glorot(k, shape):
-        return jax.random.uniform(k, shape, minval=-1, maxval=1) * math.sqrt(6 / sum(shape))
 
     def gru_init(key, n_out, out_scale):
         k1, k2, k3 = jax.random.split(key, 3)
-        return {"wx": glorot(k1, (n_in, 3 * hidden)), "wh": glorot(k2, (hidden, 3 * hidden)),
-                "b": jnp.zeros(3 * hidden), "out": glorot(k3, (hidden, n_out)) * out_scale,
-                "out_b": jnp.zeros(n_out)}
+        return {"wx": glorot_uniform(k1, (n_in, 3 * hidden)),
+                "wh": glorot_uniform(k2, (hidden, 3 * hidden)), "b": jnp.zeros(3 * hidden),
+                "out": glorot_uniform(k3, (hidden, n_out)) * out_scale, "out_b": jnp.zeros(n_out)}
 
     def init(key):
         k_actor, k_critic = jax.random.split(key)
@@ -119,9 +115,7 @@ def rollout_trial(env: Environment, policy: RecurrentPolicy, params: PyTree, key
     check_environment(env)
     if env.num_actions is None:
         raise ValueError("`env`: RL^2's GRU policy needs discrete actions (env.num_actions).")
-    if not isinstance(episodes_per_trial, int) or episodes_per_trial < 1:
-        raise ValueError(f"`episodes_per_trial`: expected an int >= 1; got "
-                         f"{episodes_per_trial!r}.")
+    check_int("episodes_per_trial", episodes_per_trial)
     k = policy.num_actions
 
     def episode(carry, key):
@@ -203,10 +197,8 @@ def rl2(env: Environment, policy: RecurrentPolicy, optimizer: optax.GradientTran
         1
     """
     check_environment(env)
-    if not isinstance(meta_batch, int) or meta_batch < 1:
-        raise ValueError(f"`meta_batch`: expected an int >= 1; got {meta_batch!r}.")
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"`epochs`: expected an int >= 1; got {epochs!r}.")
+    check_int("meta_batch", meta_batch)
+    check_int("epochs", epochs)
     if not 0.0 < clip < 1.0:
         raise ValueError(f"`clip`: expected a number in (0, 1); got {clip!r}.")
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax._src.rl.env import Environment, check_environment
+from metajax._src.rl.env import Environment, check_environment, check_int
 from metajax._src.rl.policy import Policy
 
 PyTree = Any
@@ -34,12 +34,6 @@ class Trajectory(NamedTuple):
 def episode_returns(traj: Trajectory) -> jax.Array:
     """The undiscounted return of each episode: ``[..., episodes]``."""
     return jnp.sum(traj.rewards * traj.mask, axis=-1)
-
-
-def _check_count(name: str, value) -> int:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}`: expected an int >= 1; got {value!r}.")
-    return int(value)
 
 
 def rollout(env: Environment, policy: Policy, params: PyTree, key: jax.Array, task: PyTree, *,
@@ -72,7 +66,7 @@ def rollout(env: Environment, policy: Policy, params: PyTree, key: jax.Array, ta
         (3, 5)
     """
     check_environment(env)
-    n = _check_count("num_episodes", num_episodes)
+    n = check_int("num_episodes", num_episodes)
 
     def episode(key):
         k_reset, k_steps = jax.random.split(key)
