@@ -8,6 +8,11 @@ from pathlib import Path
 
 from metajax.experiment import RLGridworldConfig, run_rl_gridworld
 
+# `metajax run --processes N` is refused: the meta-iteration samples its tasks inside the
+# step, and that sampling is not split between processes (`metajax sweep --processes N` runs
+# separate runs side by side instead).
+PROCESSES = False
+
 
 @dataclasses.dataclass(frozen=True)
 class Config(RLGridworldConfig):

@@ -231,6 +231,12 @@ def _launch_processes(args, module, name: str) -> int:
     from metajax._src.experiment.run_lock import RunLock, RunLockedError
 
     n = args.processes
+    if getattr(module, "PROCESSES", True) is False:
+        print(f"metajax run {name}: --processes {n}: this experiment runs in one process (its "
+              "training step samples its own tasks, which are not split between processes); "
+              f"to fill the cores, run separate runs side by side with `metajax sweep {name} "
+              f"--grid ... --processes {n}`.", file=sys.stderr)
+        return 2
     try:
         config, out = _prepare_run_dir(args, module, name)
     except (ConfigError, RunLockedError) as err:
@@ -559,6 +565,7 @@ def _cmd_sweep(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", {"experiment": name, "config": config,
                                             "grid": grid, "seeds": seeds})
+    metric = "query loss"  # a sequential sweep's runs name their own
     how = ("one vmapped program" if vmapped else "sequential runs" if args.processes == 1
            else f"separate runs, {args.processes} at a time, one process per core")
     print(f"metajax sweep {name}: {len(combos)} runs ({how}) -> {out}", file=sys.stderr)
@@ -576,6 +583,7 @@ def _cmd_sweep(args) -> int:
                                             args.processes)
         if code:
             return code
+        eval_steps, metric = _result_columns(per_run), _metric_of(per_run)
         rows = _rows_from_summaries(combos, per_run, eval_steps)
         extra = {"mode": "sequential", "processes": args.processes,
                  "seconds": time.perf_counter() - t0}
@@ -587,12 +595,13 @@ def _cmd_sweep(args) -> int:
             summary = module.main(run_config, out / "runs" / f"run{i:03d}",
                                   progress=not args.no_progress)
             per_run.append(summary)
+        eval_steps, metric = _result_columns(per_run), _metric_of(per_run)
         rows = _rows_from_summaries(combos, per_run, eval_steps)
         extra = {"mode": "sequential", "seconds": time.perf_counter() - t0}
     write_json_atomic(out / "sweep.json", {"rows": rows, **extra})
     table = format_sweep_table(rows, eval_steps=eval_steps)
     (out / "sweep.md").write_text(table + "\n")
-    _plot_sweep(rows, eval_steps, out / "sweep.png")
+    _plot_sweep(rows, eval_steps, out / "sweep.png", metric=metric)
     print(table)
     print(f"\n{extra['mode']} sweep took {extra['seconds']:.1f} s; outputs in {out}",
           file=sys.stderr)
@@ -655,6 +664,17 @@ def _sweep_in_processes(experiment: str, name: str, configs: list, runs: Path, n
     return summaries, 0
 
 
+def _result_columns(summaries) -> list[str]:
+    """The table columns of a run's first method (adaptation steps, or an experiment's own
+    columns such as the bandit settings)."""
+    return list(next(iter(summaries[0]["results"].values())))
+
+
+def _metric_of(summaries) -> str:
+    metric = summaries[0].get("metric", "loss")
+    return "query loss" if metric == "loss" else metric
+
+
 def _rows_from_summaries(combos, summaries, eval_steps):
     """Sequential sweeps: pool the first method's per-seed summaries of each combination."""
     import numpy as np
@@ -678,7 +698,7 @@ def _rows_from_summaries(combos, summaries, eval_steps):
     return rows
 
 
-def _plot_sweep(rows, eval_steps, path):
+def _plot_sweep(rows, eval_steps, path, *, metric: str = "query loss"):
     from metajax._src.experiment.plots import _pyplot
 
     plt = _pyplot()
@@ -689,7 +709,8 @@ def _plot_sweep(rows, eval_steps, path):
     ax.bar(range(len(rows)), [r[last]["mean"] for r in rows],
            yerr=[r[last]["ci95"] for r in rows], capsize=4)
     ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(f"query loss after {last} steps (mean ± 95% CI)")
+    where = f"after {last} steps" if last.isdigit() else f"at {last}"
+    ax.set_ylabel(f"{metric} {where} (mean ± 95% CI)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

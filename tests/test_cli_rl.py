@@ -77,3 +77,26 @@ def test_gridworld_runs_rl2_and_maml_on_the_same_mazes(tmp_path, capsys):
     assert {r["method"] for r in records} == {"maml", "pretrained", "rl2"}
     assert (out / "returns.png").stat().st_size > 0
     assert "Held-out mazes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["rl_navigation_maml", "rl_bandit_rl2", "rl_gridworld"])
+def test_processes_are_refused_with_the_sweep_to_use_instead(name, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(name, out, [], "--processes", "2") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"metajax run {name}: --processes 2: this experiment runs in one "
+                          "process")
+    assert f"metajax sweep {name} --grid ... --processes 2" in err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_bandit_sweep_tabulates_the_experiments_own_columns(tmp_path, capsys):
+    assert cli.main(["sweep", "rl_bandit_rl2", "--grid", "lr=0.001,0.003", "--out",
+                     str(tmp_path / "s"), "--no-progress",
+                     *sum((["--set", s] for s in BANDIT), [])]) == 0
+    rows = json.loads((tmp_path / "s" / "sweep.json").read_text())["rows"]
+    assert [r["lr"] for r in rows] == [0.001, 0.003]
+    for row in rows:
+        assert row["k=3,n=5"]["n"] == 30 and row["k=2,n=12"]["n"] == 30
+    assert "| lr | seeds | k=3,n=5 | k=2,n=12 |" in capsys.readouterr().out

@@ -153,7 +153,8 @@ def sweep_table(combos: list[dict], per_task: dict[str, np.ndarray], *, metric: 
 def format_sweep_table(rows: list[dict], *, eval_steps: Sequence[int]) -> str:
     """Markdown rendering of :func:`sweep_table`."""
     keys = [k for k in rows[0] if k not in {"seeds", *map(str, eval_steps)}]
-    head = "| " + " | ".join(keys) + " | seeds | " + " | ".join(f"{s} steps" for s in eval_steps)
+    head = "| " + " | ".join(keys) + " | seeds | " + " | ".join(
+        f"{s} steps" if str(s).isdigit() else str(s) for s in eval_steps)
     lines = [head + " |", "|---" * (len(keys) + 1 + len(eval_steps)) + "|"]
     for row in rows:
         cells = [format_cell(row[str(s)], ".4g", ".2g") for s in eval_steps]
