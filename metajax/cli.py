@@ -191,11 +191,13 @@ BATCH_FIELDS = ("meta_batch", "batch", "n_tasks", "pretrain_batch", "batch_size"
 
 def _memory_message(err, config) -> str:
     """A too-large training step, in the config's own field names."""
+    from metajax._src.experiment.memory import GIB
+
     field = next((f for f in BATCH_FIELDS
                   if getattr(config, f, None) == err.tasks_per_step), "meta_batch")
-    return (f"{field}: the training step needs about {err.needed / 2**30:.3g} GiB (XLA's "
+    return (f"{field}: the training step needs about {err.needed / GIB:.3g} GiB (XLA's "
             f"estimate for {field} = {err.tasks_per_step}), more than the "
-            f"{err.available / 2**30:.3g} GiB of memory available; lower {field} (nothing "
+            f"{err.available / GIB:.3g} GiB of memory available; lower {field} (nothing "
             "was trained).")
 
 
@@ -457,15 +459,11 @@ def _cmd_run(args) -> int:
               f"{name} --resume {out}{processes}", file=sys.stderr)
         return 1
     except Exception as err:
-        if not (worker and _lost_a_process(err)):
-            raise
-        if not args.process_id:  # the others' logs keep their tracebacks
-            print(f"metajax run {name}: stopped: another process of --processes "
-                  f"{args.processes} is gone ({_first_line(err)}). {_kept_checkpoints(out)} "
-                  f"Continue with: metajax run {name} --resume {out}{processes}",
-                  file=sys.stderr)
-        else:
-            raise
+        if not (worker and _lost_a_process(err)) or args.process_id:
+            raise  # unexpected; or a worker's log, which keeps its traceback
+        print(f"metajax run {name}: stopped: another process of --processes "
+              f"{args.processes} is gone ({_first_line(err)}). {_kept_checkpoints(out)} "
+              f"Continue with: metajax run {name} --resume {out}{processes}", file=sys.stderr)
         return 1
     if args.process_id:  # not process 0: the same results, printed by process 0
         return 0
@@ -583,8 +581,6 @@ def _cmd_sweep(args) -> int:
                                             args.processes)
         if code:
             return code
-        eval_steps, metric = _result_columns(per_run), _metric_of(per_run)
-        rows = _rows_from_summaries(combos, per_run, eval_steps)
         extra = {"mode": "sequential", "processes": args.processes,
                  "seconds": time.perf_counter() - t0}
     else:
@@ -595,9 +591,10 @@ def _cmd_sweep(args) -> int:
             summary = module.main(run_config, out / "runs" / f"run{i:03d}",
                                   progress=not args.no_progress)
             per_run.append(summary)
+        extra = {"mode": "sequential", "seconds": time.perf_counter() - t0}
+    if not vmapped:  # the runs' own columns and metric
         eval_steps, metric = _result_columns(per_run), _metric_of(per_run)
         rows = _rows_from_summaries(combos, per_run, eval_steps)
-        extra = {"mode": "sequential", "seconds": time.perf_counter() - t0}
     write_json_atomic(out / "sweep.json", {"rows": rows, **extra})
     table = format_sweep_table(rows, eval_steps=eval_steps)
     (out / "sweep.md").write_text(table + "\n")

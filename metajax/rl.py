@@ -68,6 +68,7 @@ from metajax._src.rl.rl2 import (
     rl2,
     rl2_inputs,
     rollout_trial,
+    rollout_trials,
     trial_returns,
 )
 from metajax._src.rl.rollout import Trajectory, episode_returns, rollout, rollout_tasks
@@ -119,6 +120,7 @@ __all__ = [
     "rollout",
     "rollout_tasks",
     "rollout_trial",
+    "rollout_trials",
     "run_bandit_rule",
     "surrogate_value",
     "tabular_mdp",

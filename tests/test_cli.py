@@ -151,23 +151,27 @@ def test_processes_bad_input(flags, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_processes_failed_worker_stops_the_run(tmp_path, monkeypatch, capsys):
-    """Process 1 fails while process 0 waits for it in a collective: the launcher reports
-    process 1 and its log, and does not hang."""
-    module = tmp_path / "half_broken.py"
-    module.write_text(
+def _two_process_experiment(path, body: str):
+    """An experiment file whose ``main`` runs ``body`` (indented code) in each process."""
+    path.write_text(
         "from __future__ import annotations\n"
-        "import dataclasses\n"
+        "import dataclasses, os, signal\n"
         "import jax, numpy as np\n"
         "from jax.experimental import multihost_utils\n"
         "@dataclasses.dataclass(frozen=True)\n"
         "class Config:\n"
         "    x: int = 1\n"
-        "def main(config, out_dir, *, progress=True):\n"
-        "    if jax.process_index() == 1:\n"
-        "        raise RuntimeError('worker one broke')\n"
-        "    multihost_utils.process_allgather(np.ones(3))\n"
-    )
+        "def main(config, out_dir, *, progress=True):\n" + body)
+    return path
+
+
+def test_processes_failed_worker_stops_the_run(tmp_path, monkeypatch, capsys):
+    """Process 1 fails while process 0 waits for it in a collective: the launcher reports
+    process 1 and its log, and does not hang."""
+    module = _two_process_experiment(tmp_path / "half_broken.py",
+                                     "    if jax.process_index() == 1:\n"
+                                     "        raise RuntimeError('worker one broke')\n"
+                                     "    multihost_utils.process_allgather(np.ones(3))\n")
     monkeypatch.setattr(cli, "WORKER_GRACE_SECONDS", 3.0)
     out = tmp_path / "out"
     assert cli.main(["run", str(module), "--out", str(out), "--processes", "2"]) != 0
@@ -179,21 +183,11 @@ def test_processes_a_killed_worker_is_one_line_with_the_resume_command(tmp_path,
     """Process 1 is killed (SIGKILL) while process 0 waits for it in a collective: process 0
     says another process is gone and how to resume, the launcher names the signal; no
     traceback reaches the terminal."""
-    module = tmp_path / "half_killed.py"
-    module.write_text(
-        "from __future__ import annotations\n"
-        "import dataclasses, os, signal, time\n"
-        "import jax, numpy as np\n"
-        "from jax.experimental import multihost_utils\n"
-        "@dataclasses.dataclass(frozen=True)\n"
-        "class Config:\n"
-        "    x: int = 1\n"
-        "def main(config, out_dir, *, progress=True):\n"
-        "    multihost_utils.process_allgather(np.ones(3))\n"
-        "    if jax.process_index() == 1:\n"
-        "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    multihost_utils.process_allgather(np.ones(3))\n"
-    )
+    module = _two_process_experiment(tmp_path / "half_killed.py",
+                                     "    multihost_utils.process_allgather(np.ones(3))\n"
+                                     "    if jax.process_index() == 1:\n"
+                                     "        os.kill(os.getpid(), signal.SIGKILL)\n"
+                                     "    multihost_utils.process_allgather(np.ones(3))\n")
     out = tmp_path / "out"
     assert cli.main(["run", str(module), "--out", str(out), "--processes", "2"]) == 1
     err = capfd.readouterr().err

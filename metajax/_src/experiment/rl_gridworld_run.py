@@ -96,7 +96,7 @@ def run_rl_gridworld(config: RLGridworldConfig, *, out_dir: str | Path | None = 
     from metajax._src.rl.maml_rl import adaptation_returns, joint_training, maml_rl
     from metajax._src.rl.outer import trpo
     from metajax._src.rl.policy import categorical_mlp_policy
-    from metajax._src.rl.rl2 import gru_policy, rl2, rollout_trial
+    from metajax._src.rl.rl2 import gru_policy, rl2, rollout_trials
 
     env = gridworld(size=config.size, wall_prob=config.wall_prob,
                     hazard_prob=config.hazard_prob)
@@ -128,17 +128,16 @@ def run_rl_gridworld(config: RLGridworldConfig, *, out_dir: str | Path | None = 
                           progress=progress)
     train_seconds["rl2"] = result.train_seconds
 
-    test = env.sample_tasks(split_key(config.seed, "test"), config.test_tasks)
     key = split_key(config.seed, "test")
+    test = env.sample_tasks(key, config.test_tasks)
     lrs = tuple(config.eval_lrs)
     per_task = {name: np.asarray(jax.jit(lambda p: adaptation_returns(
         env, policy, p, key, test, lrs=lrs, num_episodes=config.eval_episodes))(params))
         for name, params in trained.items()}
 
     def episode_returns(params):
-        trials = jax.vmap(lambda k, t: rollout_trial(
-            env, recurrent, params, k, t, episodes_per_trial=config.episodes_per_trial))(
-            jax.random.split(key, config.test_tasks), test)
+        trials = rollout_trials(env, recurrent, params, key, test,
+                                episodes_per_trial=config.episodes_per_trial)
         return trials.rewards.reshape(config.test_tasks, config.episodes_per_trial, -1).sum(-1)
 
     per_task["rl2"] = np.asarray(jax.jit(episode_returns)(result.state.params))

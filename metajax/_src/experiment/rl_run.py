@@ -327,7 +327,7 @@ def run_rl_bandit(config: RLBanditConfig, *, out_dir: str | Path | None = None,
 
     from metajax._src.rl import bandit_baselines as bb
     from metajax._src.rl.bandit import bernoulli_bandit
-    from metajax._src.rl.rl2 import gru_policy, rl2, rollout_trial
+    from metajax._src.rl.rl2 import gru_policy, rl2, rollout_trials
 
     writer = RunWriter(out_dir) if out_dir is not None else None
     results: dict[str, dict] = {}
@@ -359,9 +359,8 @@ def run_rl_bandit(config: RLBanditConfig, *, out_dir: str | Path | None = None,
         c = max(config.ucb_cs, key=lambda c: run(bb.ucb1_rule(c=c), val).mean())
         tuned[label] = {"epsilon": eps, "ucb1_c": c}
         key = split_key(config.seed, "test")
-        trials = jax.jit(lambda p, env=env, policy=policy, test=test: jax.vmap(
-            lambda k, t: rollout_trial(env, policy, p, k, t))(
-            jax.random.split(key, test.shape[0]), test))(result.state.params)
+        trials = jax.jit(lambda p, env=env, policy=policy, test=test: rollout_trials(
+            env, policy, p, key, test))(result.state.params)
         pulls = {"rl2": (trials.rewards, trials.actions)}
         for method, rule in {"random": bb.random_rule(), "greedy": bb.greedy_rule(),
                              "epsilon_greedy": bb.greedy_rule(epsilon=eps),

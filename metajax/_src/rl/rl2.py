@@ -221,9 +221,8 @@ def rl2(env: Environment, policy: RecurrentPolicy, optimizer: optax.GradientTran
     def step(state, key):
         k_tasks, k_roll = jax.random.split(key)
         tasks = env.sample_tasks(k_tasks, meta_batch)
-        trials = jax.vmap(lambda k, t: rollout_trial(env, policy, state.params, k, t,
-                                                     episodes_per_trial=episodes_per_trial))(
-            jax.random.split(k_roll, meta_batch), tasks)
+        trials = rollout_trials(env, policy, state.params, k_roll, tasks,
+                                episodes_per_trial=episodes_per_trial)
         adv = jax.vmap(lambda t: _gae(t.rewards, t.values, t.mask, discount, gae_lambda))(
             trials)
         returns = jax.vmap(lambda t: discounted_returns(t.rewards, t.mask, discount))(trials)
@@ -247,12 +246,20 @@ def rl2(env: Environment, policy: RecurrentPolicy, optimizer: optax.GradientTran
     return MetaLearner(init=init, step=step)
 
 
+def rollout_trials(env: Environment, policy: RecurrentPolicy, params: PyTree, key: jax.Array,
+                   tasks: PyTree, *, episodes_per_trial: int = 1) -> Trial:
+    """One trial of each task of ``tasks`` (leading axis), each with a key split from
+    ``key``: :func:`rollout_trial` under one ``vmap``, every field ``[tasks, steps]``."""
+    n = jax.tree.leaves(tasks)[0].shape[0]
+    return jax.vmap(lambda k, t: rollout_trial(env, policy, params, k, t,
+                                               episodes_per_trial=episodes_per_trial))(
+        jax.random.split(key, n), tasks)
+
+
 def trial_returns(env: Environment, policy: RecurrentPolicy, params: PyTree, key: jax.Array,
                   tasks: PyTree, *, episodes_per_trial: int = 1) -> jax.Array:
     """Total reward of one trial of each task: ``[tasks]`` (per episode: reshape
     ``Trial.rewards``)."""
-    n = jax.tree.leaves(tasks)[0].shape[0]
-    trials = jax.vmap(lambda k, t: rollout_trial(env, policy, params, k, t,
-                                                 episodes_per_trial=episodes_per_trial))(
-        jax.random.split(key, n), tasks)
+    trials = rollout_trials(env, policy, params, key, tasks,
+                            episodes_per_trial=episodes_per_trial)
     return jnp.sum(trials.rewards, -1)
